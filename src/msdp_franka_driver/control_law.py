@@ -1,0 +1,220 @@
+"""The one Cartesian impedance control law, shared by the simulated and the real Franka.
+
+Pipeline per 1 ms cycle (``CartesianImpedanceController.torque``):
+raw target -> SafetyFilter (finite, workspace box, leash to the current pose, watchdog)
+-> TargetFilter (first-order reference low-pass) -> CartesianImpedanceLaw -> TorqueRateLimiter.
+Everything here is plain numpy so it runs in the libfranka loop process and inside MuJoCo's step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from msdp.config import ConfigError, param_range
+from msdp_franka_driver.pose import angle_between, nlerp, orientation_error, quat_normalize, slerp
+
+N_JOINTS = 7
+HOME_Q = (0.0, -0.785398, 0.0, -2.356194, 0.0, 1.570796, 0.785398)
+
+
+@dataclass(frozen=True)
+class ImpedanceConfig:
+    """Gains of the Cartesian impedance law and the filters around it."""
+
+    translational_stiffness: float = field(default=2000.0, metadata=param_range(0.0, 6000.0, "N/m"))
+    rotational_stiffness: float = field(default=150.0, metadata=param_range(0.0, 300.0, "Nm/rad"))
+    damping_ratio: float = field(default=1.0, metadata=param_range(0.1, 3.0, "1 = critically damped"))
+    nullspace_stiffness: float = field(default=10.0, metadata=param_range(0.0, 100.0, "Nm/rad"))
+    target_filter_time_constant: float = field(
+        default=0.005, metadata=param_range(0.0, 1.0, "s; first-order low-pass on the target, 0 = off")
+    )
+    max_torque_rate: float = field(
+        default=0.5, metadata=param_range(0.001, 1.0, "Nm per joint per 1 ms cycle (FCI aborts above 1.0)")
+    )
+
+    def damping(self, stiffness: float) -> float:
+        """Critically damped (for a unit effective mass, as franka_ros does) scaled by damping_ratio."""
+        return 2.0 * self.damping_ratio * math.sqrt(stiffness)
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """Limits every target passes before it reaches the law."""
+
+    workspace_min: tuple[float, float, float] = field(
+        default=(0.25, -0.35, 0.01), metadata=param_range(-1.2, 1.2, "m, base frame")
+    )
+    workspace_max: tuple[float, float, float] = field(
+        default=(0.75, 0.35, 0.65), metadata=param_range(-1.2, 1.2, "m, base frame")
+    )
+    max_target_distance: float = field(
+        default=0.05, metadata=param_range(0.001, 0.2, "m per axis between target and current pose")
+    )
+    max_target_angle: float = field(
+        default=0.5, metadata=param_range(0.01, 3.14, "rad between target and current orientation")
+    )
+    watchdog_timeout: float = field(
+        default=0.2, metadata=param_range(0.005, 5.0, "s without a fresh target before holding pose")
+    )
+
+    def check(self) -> None:
+        for axis, (low, high) in enumerate(zip(self.workspace_min, self.workspace_max)):
+            if low >= high:
+                raise ConfigError(
+                    f"parameter 'workspace_min[{axis}]' ({low}) must be below 'workspace_max[{axis}]' ({high})"
+                )
+
+
+@dataclass
+class ArmState:
+    """What the law needs from a backend at one instant (base frame, quaternion x y z w)."""
+
+    q: np.ndarray
+    dq: np.ndarray
+    position: np.ndarray
+    orientation: np.ndarray
+    jacobian: np.ndarray  # 6 x 7, linear rows first
+    bias_torque: np.ndarray  # coriolis (+ gravity where the backend does not compensate it)
+
+
+class CartesianImpedanceLaw:
+    """tau = J^T (K e - D J dq) + bias + null-space posture torque."""
+
+    def __init__(self, config: ImpedanceConfig, nullspace_q: np.ndarray | None = None):
+        kt, kr = config.translational_stiffness, config.rotational_stiffness
+        self.stiffness = np.array([kt] * 3 + [kr] * 3)
+        self.damping = np.array([config.damping(kt)] * 3 + [config.damping(kr)] * 3)
+        self.nullspace_stiffness = config.nullspace_stiffness
+        self.nullspace_damping = 2.0 * math.sqrt(config.nullspace_stiffness)
+        self.nullspace_q = np.asarray(nullspace_q if nullspace_q is not None else HOME_Q, dtype=float)
+        self._regularizer = 1e-6 * np.eye(6)
+
+    def pose_error(self, state: ArmState, position: np.ndarray, orientation: np.ndarray) -> np.ndarray:
+        """6-D error (target minus current): position, then rotation vector."""
+        error = np.empty(6)
+        error[:3] = position - state.position
+        error[3:] = orientation_error(orientation, state.orientation)
+        return error
+
+    def torque(self, state: ArmState, position: np.ndarray, orientation: np.ndarray) -> np.ndarray:
+        jac = state.jacobian
+        wrench = self.stiffness * self.pose_error(state, position, orientation) - self.damping * (jac @ state.dq)
+        # Null-space projector N = I - J^T (J J^T)^-1 J keeps the posture torque out of the task space.
+        posture = self.nullspace_stiffness * (self.nullspace_q - state.q) - self.nullspace_damping * state.dq
+        task_part = np.linalg.solve(jac @ jac.T + self._regularizer, jac @ posture)
+        return jac.T @ (wrench - task_part) + posture + state.bias_torque
+
+
+class TorqueRateLimiter:
+    """Limits the change of each joint torque per cycle, so the FCI never sees a discontinuity."""
+
+    def __init__(self, max_delta: float):
+        self.max_delta = max_delta
+        self.previous: np.ndarray | None = None
+
+    def reset(self, torque: np.ndarray | None = None) -> None:
+        self.previous = None if torque is None else np.array(torque, dtype=float)
+
+    def __call__(self, torque: np.ndarray) -> np.ndarray:
+        if self.previous is None:
+            self.previous = np.zeros_like(torque)
+        limited = self.previous + np.clip(torque - self.previous, -self.max_delta, self.max_delta)
+        self.previous = limited
+        return limited
+
+
+class TargetFilter:
+    """First-order low-pass on the target pose (slerp for orientation), like franka_ros' reference filter."""
+
+    def __init__(self, time_constant: float, dt: float):
+        self.alpha = 1.0 if time_constant <= 0.0 else 1.0 - math.exp(-dt / time_constant)
+        self.position: np.ndarray | None = None
+        self.orientation: np.ndarray | None = None
+
+    def reset(self, position: np.ndarray, orientation: np.ndarray) -> None:
+        self.position = np.array(position, dtype=float)
+        self.orientation = np.array(orientation, dtype=float)
+
+    def __call__(self, position: np.ndarray, orientation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.position is None:
+            self.reset(position, orientation)
+        else:
+            self.position = self.position + self.alpha * (position - self.position)
+            self.orientation = nlerp(self.orientation, orientation, self.alpha)
+        return self.position, self.orientation
+
+
+class SafetyFilter:
+    """Accepts targets, then each cycle returns the safe target for the current pose.
+
+    - a non-finite target is rejected (``submit`` returns False) and the previous target stays;
+    - the target is clipped into the workspace box, then to ``max_target_distance`` per axis and
+      ``max_target_angle`` from the current pose, so a far target pulls gently instead of slamming;
+    - if no fresh target arrived within ``watchdog_timeout``, the pose at that moment is held.
+    """
+
+    def __init__(self, config: SafetyConfig):
+        self.config = config
+        self.low = np.array(config.workspace_min)
+        self.high = np.array(config.workspace_max)
+        self.position: np.ndarray | None = None
+        self.orientation: np.ndarray | None = None
+        self.stamp = -math.inf
+        self.holding = True
+        self.rejected = 0
+
+    def submit(self, position: np.ndarray, orientation: np.ndarray, now: float) -> bool:
+        position = np.asarray(position, dtype=float)
+        orientation = np.asarray(orientation, dtype=float)
+        norm = float(np.linalg.norm(orientation)) if np.all(np.isfinite(orientation)) else 0.0
+        if not np.all(np.isfinite(position)) or not 0.5 < norm < 1.5:
+            self.rejected += 1
+            return False
+        self.position = np.minimum(np.maximum(position, self.low), self.high)
+        self.orientation = orientation / norm
+        self.stamp = now
+        self.holding = False
+        return True
+
+    def hold(self, position: np.ndarray, orientation: np.ndarray) -> None:
+        """Hold this pose (until a fresh target arrives)."""
+        self.position = np.minimum(np.maximum(np.asarray(position, dtype=float), self.low), self.high)
+        self.orientation = quat_normalize(orientation)
+        self.holding = True
+
+    def __call__(self, state: ArmState, now: float) -> tuple[np.ndarray, np.ndarray]:
+        if self.position is None or (not self.holding and now - self.stamp > self.config.watchdog_timeout):
+            self.hold(state.position, state.orientation)
+        leash = self.config.max_target_distance
+        position = np.minimum(np.maximum(self.position, state.position - leash), state.position + leash)
+        orientation = self.orientation
+        angle = angle_between(orientation, state.orientation)
+        if angle > self.config.max_target_angle:
+            orientation = slerp(state.orientation, orientation, self.config.max_target_angle / angle)
+        return position, orientation
+
+
+class CartesianImpedanceController:
+    """SafetyFilter -> TargetFilter -> CartesianImpedanceLaw -> TorqueRateLimiter, one call per cycle."""
+
+    def __init__(self, impedance: ImpedanceConfig, safety: SafetyConfig, dt: float = 0.001):
+        self.law = CartesianImpedanceLaw(impedance)
+        self.safety = SafetyFilter(safety)
+        self.target_filter = TargetFilter(impedance.target_filter_time_constant, dt)
+        self.rate_limiter = TorqueRateLimiter(impedance.max_torque_rate)
+
+    def reset(self, state: ArmState, torque: np.ndarray | None = None) -> None:
+        """Hold the current pose; ``torque`` is what the robot applies now (the rate limit starts there)."""
+        self.safety.hold(state.position, state.orientation)
+        self.target_filter.reset(state.position, state.orientation)
+        self.rate_limiter.reset(torque)
+
+    def set_target(self, position: np.ndarray, orientation: np.ndarray, now: float) -> bool:
+        return self.safety.submit(position, orientation, now)
+
+    def torque(self, state: ArmState, now: float) -> np.ndarray:
+        position, orientation = self.target_filter(*self.safety(state, now))
+        return self.rate_limiter(self.law.torque(state, position, orientation))

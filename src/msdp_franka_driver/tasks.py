@@ -1,0 +1,291 @@
+"""The paper's simulated tasks on the simulated Franka: scene objects, randomisation, dense reward, success.
+
+Each task says which tool the arm holds (the hand is modelled as a rigid mount: a held peg does not slip),
+what objects stand on the table, how a new episode is randomised, and how a state is scored. Rewards are
+dense and negative distances, as in panda-gym, which the paper's tasks use.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from msdp.config import param_range
+from msdp_franka_driver.mujoco_backend import SimulatedFranka
+from msdp_franka_driver.pose import quat_multiply, yaw_quat
+
+DOWN = np.array([1.0, 0.0, 0.0, 0.0])  # tool z pointing down, tool x forward (quaternion x y z w)
+
+PEG_SIDE = 0.0346  # m, equilateral triangle (inradius 10 mm)
+PEG_LENGTH = 0.06
+HOLE_CLEARANCE = 0.003  # m, on the inradius
+HOLE_DEPTH = 0.04
+ROUND_PEG_RADIUS = 0.012
+ROUND_PEG_LENGTH = 0.08
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Episode, action and perturbation settings shared by all tasks."""
+
+    name: str = field(default="peg", metadata={"choices": ("peg", "push_cube", "close_drawer")})
+    max_episode_steps: int = field(default=100, metadata=param_range(1, 10000, "policy steps"))
+    control_rate: float = field(default=10.0, metadata=param_range(1.0, 100.0, "Hz, policy steps"))
+    max_step: float = field(default=0.02, metadata=param_range(0.001, 0.05, "m per policy step per axis"))
+    max_yaw_step: float = field(default=0.1, metadata=param_range(0.0, 0.5, "rad per policy step"))
+    hole_yaw_range: float = field(default=0.5, metadata=param_range(0.0, math.pi / 3, "rad, +-, peg task"))
+    image_noise_std: float = field(default=0.0, metadata=param_range(0.0, 128.0, "pixel intensity (0-255)"))
+    ft_noise_std: float = field(default=0.0, metadata=param_range(0.0, 50.0, "N and Nm"))
+    object_mass_scale: float = field(default=1.0, metadata=param_range(0.1, 10.0, "x nominal mass"))
+    object_friction_scale: float = field(default=1.0, metadata=param_range(0.1, 10.0, "x nominal friction"))
+
+
+@dataclass
+class Score:
+    reward: float
+    success: bool
+    failed: bool  # an unrecoverable outcome (a slammed drawer, a cube off the table) ends the episode
+
+
+def _tcp_yaw(orientation: np.ndarray) -> float:
+    """Yaw of the tool x axis about the base z axis."""
+    x, y, z, w = orientation
+    return math.atan2(2 * (x * y + z * w), 1 - 2 * (y * y + z * z))
+
+
+def _wrap(angle: float, period: float = 2 * math.pi) -> float:
+    return (angle + period / 2) % period - period / 2
+
+
+class Task:
+    name = ""
+    action_dim = 3
+    tool_mass = 0.15
+    tool_com = (0.0, 0.0, 0.03)
+
+    def tool_xml(self) -> str:
+        raise NotImplementedError
+
+    def objects_xml(self) -> str:
+        raise NotImplementedError
+
+    def randomize(self, sim: SimulatedFranka, rng: np.random.Generator, config: TaskConfig) -> tuple[np.ndarray, np.ndarray]:
+        """Re-draw the scene's random parameters; return the start TCP pose (position, orientation)."""
+        raise NotImplementedError
+
+    def score(self, sim: SimulatedFranka) -> Score:
+        raise NotImplementedError
+
+    def privileged_state(self, sim: SimulatedFranka) -> dict[str, np.ndarray]:
+        """Ground-truth object state for scripted policies and logging (never in the observation)."""
+        return {}
+
+
+class PegInsertion(Task):
+    """A triangular peg held in the hand goes into a triangular hole whose position and yaw are random."""
+
+    name = "peg"
+    action_dim = 4
+    tool_com = (0.0, 0.0, PEG_LENGTH / 2)
+    success_depth = 0.025  # m below the fixture top
+
+    def tool_xml(self) -> str:
+        return (
+            '<geom name="peg" type="mesh" mesh="triangular_prism" class="object" rgba="0.85 0.45 0.1 1" '
+            'mass="0"/>'
+            f'<site name="tcp" pos="0 0 {PEG_LENGTH}" size="0.004" rgba="0 1 0 1"/>'
+        )
+
+    def objects_xml(self) -> str:
+        inradius = PEG_SIDE / (2 * math.sqrt(3)) + HOLE_CLEARANCE
+        wall, half_length = 0.03, 0.06
+        walls = []
+        for index, angle in enumerate((math.pi, math.pi / 3, -math.pi / 3)):
+            # Each wall's inner face is one edge of the hole; the peg's vertex at angle 0 faces the wall at pi.
+            centre = inradius + wall / 2
+            walls.append(
+                f'<geom name="hole_wall{index}" type="box" class="object" rgba="0.25 0.45 0.75 1" '
+                f'size="{wall / 2} {half_length} {HOLE_DEPTH / 2}" euler="0 0 {angle}" '
+                f'pos="{centre * math.cos(angle):.6f} {centre * math.sin(angle):.6f} {HOLE_DEPTH / 2}"/>'
+            )
+        return f'<body name="fixture" pos="0.5 0 0">{"".join(walls)}<site name="hole" size="0.004"/></body>'
+
+    def randomize(self, sim, rng, config):
+        fixture = sim.model.body("fixture").id
+        hole_xy = np.array([0.5, 0.0]) + rng.uniform(-0.08, 0.08, 2)
+        hole_yaw = rng.uniform(-config.hole_yaw_range, config.hole_yaw_range)
+        sim.model.body_pos[fixture] = [hole_xy[0], hole_xy[1], 0.0]
+        sim.model.body_quat[fixture] = [math.cos(hole_yaw / 2), 0.0, 0.0, math.sin(hole_yaw / 2)]
+        for index in range(3):
+            sim.model.geom_friction[sim.model.geom(f"hole_wall{index}").id, 0] = 0.8 * config.object_friction_scale
+        start = np.array([hole_xy[0], hole_xy[1], HOLE_DEPTH]) + np.array(
+            [*rng.uniform(-0.06, 0.06, 2), rng.uniform(0.04, 0.1)]
+        )
+        return start, DOWN.copy()
+
+    def privileged_state(self, sim):
+        fixture = sim.model.body("fixture").id
+        w, x, y, z = sim.model.body_quat[fixture]
+        yaw = math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+        return {"hole_position": sim.model.body_pos[fixture].copy(), "hole_yaw": np.array(yaw)}
+
+    def yaw_error(self, sim) -> float:
+        """Peg-to-hole yaw error, modulo the triangle's 120 degree symmetry."""
+        _, orientation = sim.tcp_pose()
+        return _wrap(float(self.privileged_state(sim)["hole_yaw"]) - _tcp_yaw(orientation), 2 * math.pi / 3)
+
+    def score(self, sim):
+        tip, _ = sim.tcp_pose()
+        hole = self.privileged_state(sim)["hole_position"]
+        goal = hole + np.array([0.0, 0.0, HOLE_DEPTH - self.success_depth - 0.005])
+        lateral = float(np.linalg.norm(tip[:2] - hole[:2]))
+        depth = HOLE_DEPTH - tip[2]
+        success = depth >= self.success_depth and lateral < PEG_SIDE / (2 * math.sqrt(3)) + HOLE_CLEARANCE
+        reward = -float(np.linalg.norm(tip - goal)) - 0.05 * abs(self.yaw_error(sim))
+        return Score(reward, bool(success), False)
+
+    def scripted_action(self, sim: SimulatedFranka, config: TaskConfig) -> np.ndarray:
+        """Privileged expert: align yaw and xy above the hole, then descend; for demos, tests and data."""
+        tip, _ = sim.tcp_pose()
+        hole = self.privileged_state(sim)["hole_position"]
+        lateral = hole[:2] - tip[:2]
+        yaw_error = self.yaw_error(sim)
+        aligned = np.linalg.norm(lateral) < 0.002 and abs(yaw_error) < 0.03
+        above = HOLE_DEPTH + 0.02
+        target_z = hole[2] + HOLE_DEPTH - self.success_depth - 0.01 if aligned or tip[2] < HOLE_DEPTH else above
+        displacement = np.array([*lateral, target_z - tip[2]])
+        action = np.concatenate([displacement / config.max_step, [yaw_error / max(config.max_yaw_step, 1e-6)]])
+        return np.clip(action, -1.0, 1.0)
+
+
+class PushCube(Task):
+    """A held round peg pushes a cube, whose mass and centre of mass are random, to a goal on the table."""
+
+    name = "push_cube"
+    tool_com = (0.0, 0.0, ROUND_PEG_LENGTH / 2)
+    cube_half = 0.025
+    success_distance = 0.03
+
+    def tool_xml(self) -> str:
+        return (
+            f'<geom name="round_peg" type="cylinder" size="{ROUND_PEG_RADIUS} {ROUND_PEG_LENGTH / 2}" '
+            f'pos="0 0 {ROUND_PEG_LENGTH / 2}" class="object" rgba="0.7 0.7 0.72 1" mass="0"/>'
+            f'<site name="tcp" pos="0 0 {ROUND_PEG_LENGTH}" size="0.004" rgba="0 1 0 1"/>'
+        )
+
+    def objects_xml(self) -> str:
+        h = self.cube_half
+        return (
+            f'<body name="cube" pos="0.5 0 {h}"><freejoint name="cube_joint"/>'
+            f'<geom name="cube" type="box" size="{h} {h} {h}" class="object" mass="0.3" rgba="0.8 0.15 0.15 1"/></body>'
+            '<body name="goal" pos="0.6 0 0.001"><geom type="cylinder" size="0.03 0.001" contype="0" '
+            'conaffinity="0" rgba="0.1 0.8 0.2 0.6"/></body>'
+        )
+
+    def randomize(self, sim, rng, config):
+        model, data = sim.model, sim.data
+        cube = model.body("cube").id
+        model.body_mass[cube] = rng.uniform(0.1, 0.6) * config.object_mass_scale
+        model.body_ipos[cube] = [*rng.uniform(-0.012, 0.012, 2), 0.0]
+        model.geom_friction[model.geom("cube").id, 0] = rng.uniform(0.4, 0.9) * config.object_friction_scale
+        cube_xy = np.array([0.45, 0.0]) + rng.uniform([-0.03, -0.1], [0.03, 0.1])
+        goal_xy = cube_xy + np.array([rng.uniform(0.1, 0.16), rng.uniform(-0.08, 0.08)])
+        model.body_pos[model.body("goal").id, :2] = goal_xy
+        qpos = model.jnt_qposadr[model.joint("cube_joint").id]
+        data.qpos[qpos : qpos + 7] = [cube_xy[0], cube_xy[1], self.cube_half, 1, 0, 0, 0]
+        start = np.array([cube_xy[0] - 0.08, cube_xy[1] + rng.uniform(-0.03, 0.03), rng.uniform(0.02, 0.06)])
+        return start, DOWN.copy()
+
+    def privileged_state(self, sim):
+        return {
+            "cube_position": sim.data.body("cube").xpos.copy(),
+            "goal_position": sim.model.body_pos[sim.model.body("goal").id].copy(),
+        }
+
+    def score(self, sim):
+        state = self.privileged_state(sim)
+        tip, _ = sim.tcp_pose()
+        cube, goal = state["cube_position"], state["goal_position"]
+        to_goal = float(np.linalg.norm(cube[:2] - goal[:2]))
+        reward = -to_goal - 0.5 * float(np.linalg.norm(tip - cube))
+        return Score(reward, to_goal < self.success_distance, bool(cube[2] < 0.0))
+
+
+class CloseDrawer(Task):
+    """Close an open drawer, whose friction is random, gently: success is nearly closed and slow."""
+
+    name = "close_drawer"
+    tool_com = (0.0, 0.0, ROUND_PEG_LENGTH / 2)
+    closed_tolerance = 0.01  # m
+    gentle_speed = 0.05  # m/s, the most a closed drawer may still move
+    slam_speed = 0.25  # m/s into the closed stop ends the episode as a failure
+
+    tool_xml = PushCube.tool_xml
+
+    def objects_xml(self) -> str:
+        return (
+            '<body name="cabinet" pos="0.72 0 0.1">'
+            '<geom type="box" size="0.12 0.14 0.005" pos="0 0 0.065" class="object" rgba="0.45 0.35 0.25 1"/>'
+            '<geom type="box" size="0.12 0.14 0.005" pos="0 0 -0.065" class="object" rgba="0.45 0.35 0.25 1"/>'
+            '<geom type="box" size="0.12 0.005 0.07" pos="0 0.14 0" class="object" rgba="0.45 0.35 0.25 1"/>'
+            '<geom type="box" size="0.12 0.005 0.07" pos="0 -0.14 0" class="object" rgba="0.45 0.35 0.25 1"/>'
+            '<geom type="box" size="0.005 0.14 0.07" pos="0.12 0 0" class="object" rgba="0.45 0.35 0.25 1"/>'
+            '<body name="drawer" pos="0 0 0"><joint name="drawer_slide" type="slide" axis="-1 0 0" '
+            'range="0 0.2" damping="2" frictionloss="1"/>'
+            '<geom name="drawer_front" type="box" size="0.006 0.13 0.055" pos="-0.126 0 0" class="object" '
+            'mass="0.5" rgba="0.85 0.75 0.5 1"/>'
+            '<geom type="box" size="0.11 0.12 0.004" pos="-0.01 0 -0.05" class="object" mass="0.5" '
+            'rgba="0.8 0.7 0.45 1"/></body></body>'
+        )
+
+    def _joint(self, sim) -> tuple[int, int]:
+        joint = sim.model.joint("drawer_slide")
+        return int(joint.qposadr[0]), int(joint.dofadr[0])
+
+    def randomize(self, sim, rng, config):
+        model, data = sim.model, sim.data
+        qpos, dof = self._joint(sim)
+        model.dof_frictionloss[dof] = rng.uniform(0.5, 4.0) * config.object_friction_scale
+        model.body_mass[model.body("drawer").id] = 1.0 * config.object_mass_scale
+        data.qpos[qpos] = rng.uniform(0.08, 0.16)
+        front_x = 0.72 - 0.132 - data.qpos[qpos]
+        start = np.array([front_x - rng.uniform(0.04, 0.08), rng.uniform(-0.06, 0.06), rng.uniform(0.08, 0.13)])
+        return start, DOWN.copy()
+
+    def privileged_state(self, sim):
+        qpos, dof = self._joint(sim)
+        return {"opening": np.array(sim.data.qpos[qpos]), "opening_speed": np.array(sim.data.qvel[dof])}
+
+    def score(self, sim):
+        state = self.privileged_state(sim)
+        opening, speed = float(state["opening"]), abs(float(state["opening_speed"]))
+        tip, _ = sim.tcp_pose()
+        front = sim.data.geom("drawer_front").xpos
+        reach = float(np.linalg.norm(tip - (front + np.array([-0.01, 0.0, 0.0]))))
+        reward = -opening - 0.3 * reach - 0.5 * max(0.0, speed - self.gentle_speed)
+        success = opening < self.closed_tolerance and speed < self.gentle_speed
+        slammed = opening < 2 * self.closed_tolerance and speed > self.slam_speed
+        return Score(reward, bool(success), bool(slammed))
+
+
+TASKS: dict[str, type[Task]] = {task.name: task for task in (PegInsertion, PushCube, CloseDrawer)}
+
+
+def make_task(name: str) -> Task:
+    try:
+        return TASKS[name]()
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}") from None
+
+
+def target_after(position: np.ndarray, orientation: np.ndarray, action: np.ndarray, config: TaskConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The impedance target a (clipped) action asks for: current pose + displacement (+ yaw)."""
+    action = np.clip(np.asarray(action, dtype=float), -1.0, 1.0)
+    target_position = position + config.max_step * action[:3]
+    target_orientation = orientation
+    if action.shape[0] > 3:
+        target_orientation = quat_multiply(yaw_quat(config.max_yaw_step * action[3]), orientation)
+    return target_position, target_orientation
+
