@@ -66,7 +66,7 @@ def _coerce(name: str, value: Any, annotation: Any, spec: dict[str, Any]) -> Any
         args = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"parameter '{name}': expected a list of {len(args)} numbers, got {value!r}")
-        return tuple(_coerce(f"{name}[{i}]", v, a, spec) for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_coerce(f"{name}[{i}]", v, a, spec) for i, (v, a) in enumerate(zip(value, args, strict=True)))
     raise ConfigError(f"parameter '{name}': unsupported type {annotation!r}")
 
 

@@ -62,7 +62,9 @@ class FrankaTaskEnv:
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
         action = np.asarray(action, dtype=float)
         if action.shape != (self.action_dim,):
-            raise ValueError(f"action must have shape ({self.action_dim},) for task {self.task.name}, got {action.shape}")
+            raise ValueError(
+                f"action must have shape ({self.action_dim},) for task {self.task.name}, got {action.shape}"
+            )
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action must be finite, got {action}")
         position, orientation = self.sim.tcp_pose()

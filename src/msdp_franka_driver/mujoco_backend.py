@@ -10,26 +10,23 @@ force/torque sensor and renders the third-person camera. ``MujocoArm`` adapts it
 from __future__ import annotations
 
 import math
-import os
 from collections import deque
 from dataclasses import dataclass, field
 
+import mujoco
 import numpy as np
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import)
-
-from msdp.config import param_range  # noqa: E402
-from msdp_franka_driver import fr3_model  # noqa: E402
-from msdp_franka_driver.backend import ArmSnapshot  # noqa: E402
-from msdp_franka_driver.pose import orientation_error  # noqa: E402
-from msdp_franka_driver.control_law import (  # noqa: E402
+from msdp.config import param_range
+from msdp_franka_driver import fr3_model
+from msdp_franka_driver.backend import ArmSnapshot
+from msdp_franka_driver.control_law import (
     N_JOINTS,
     ArmState,
     CartesianImpedanceController,
     ImpedanceConfig,
     SafetyConfig,
 )
+from msdp_franka_driver.pose import orientation_error
 
 FT_SENSOR_MASS = 0.25  # kg, an ATI Mini45-class sensor with its adapter plates
 FT_SENSOR_HEIGHT = 0.03
@@ -61,7 +58,7 @@ def scene_xml(tool_body: str, objects: str, tool_mass: float, tool_com: tuple[fl
     return f"""
 <mujoco model="msdp_scene">
   <compiler angle="radian" eulerseq="XYZ" autolimits="true"/>
-  <option timestep="0.001" integrator="implicitfast" cone="elliptic" impratio="2"/>
+  <option timestep="0.001" integrator="Euler" cone="elliptic" impratio="2"/>
   <visual><quality shadowsize="0" offsamples="0"/><global offwidth="640" offheight="480"/>
     <headlight ambient="0.45 0.45 0.45" diffuse="0.5 0.5 0.5"/></visual>
   <default>{fr3_model.arm_defaults()}
@@ -107,8 +104,7 @@ class SimulatedFranka:
         self._tool_body = self.model.body("tool").id
         self._force_adr = self.model.sensor("ft_force").adr[0]
         self._torque_adr = self.model.sensor("ft_torque").adr[0]
-        self._jacp = np.zeros((3, self.model.nv))
-        self._jacr = np.zeros((3, self.model.nv))
+        self._jac = np.zeros((6, self.model.nv))  # linear rows, then angular rows, filled in place
         self._quat_wxyz = np.zeros(4)
         self._wrench_every = max(1, round(1.0 / (config.wrench_rate * config.physics_dt)))
         self.wrench_window: deque[np.ndarray] = deque(maxlen=config.wrench_window)
@@ -131,14 +127,14 @@ class SimulatedFranka:
 
     def arm_state(self) -> ArmState:
         """The law's inputs; valid after mj_forward or mj_step1 (positions and velocities computed)."""
-        mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self._tcp)
+        mujoco.mj_jacSite(self.model, self.data, self._jac[:3], self._jac[3:], self._tcp)
         position, orientation = self.tcp_pose()
         return ArmState(
             q=self.data.qpos[:N_JOINTS].copy(),
             dq=self.data.qvel[:N_JOINTS].copy(),
             position=position,
             orientation=orientation,
-            jacobian=np.vstack([self._jacp[:, :N_JOINTS], self._jacr[:, :N_JOINTS]]),
+            jacobian=self._jac[:, :N_JOINTS].copy(),
             bias_torque=self.data.qfrc_bias[:N_JOINTS].copy(),
         )
 
@@ -181,10 +177,10 @@ class SimulatedFranka:
         mujoco.mj_forward(self.model, self.data)
         state = self.arm_state()
         self.controller.reset(state, torque=state.bias_torque)
+        self.data.ctrl[:N_JOINTS] = state.bias_torque
+        mujoco.mj_forward(self.model, self.data)  # sensors of the state at rest, holding against gravity
         self.wrench_window.clear()
         self._steps = 0
-        mujoco.mj_rnePostConstraint(self.model, self.data)  # sensor data of the rest state
-        mujoco.mj_sensorAcc(self.model, self.data)
         self._sample_wrench()
         while len(self.wrench_window) < self.wrench_window.maxlen:
             self.wrench_window.append(self.wrench_window[-1])
@@ -206,7 +202,9 @@ class SimulatedFranka:
     def _sample_wrench(self) -> None:
         self.wrench_window.append(self.wrench())  # mj_step2 has filled the force/torque sensor data
 
-    def solve_ik(self, position: np.ndarray, orientation: np.ndarray, q0: np.ndarray, iterations: int = 200) -> np.ndarray:
+    def solve_ik(
+        self, position: np.ndarray, orientation: np.ndarray, q0: np.ndarray, iterations: int = 200
+    ) -> np.ndarray:
         """Joint positions that put the TCP at a pose (damped least squares on kinematics only)."""
         data = mujoco.MjData(self.model)
         data.qpos[:N_JOINTS] = q0
@@ -221,8 +219,8 @@ class SimulatedFranka:
             )
             if np.linalg.norm(error) < 1e-6:
                 break
-            mujoco.mj_jacSite(self.model, data, self._jacp, self._jacr, self._tcp)
-            jac = np.vstack([self._jacp[:, :N_JOINTS], self._jacr[:, :N_JOINTS]])
+            mujoco.mj_jacSite(self.model, data, self._jac[:3], self._jac[3:], self._tcp)
+            jac = self._jac[:, :N_JOINTS]
             dq = jac.T @ np.linalg.solve(jac @ jac.T + 1e-4 * np.eye(6), error)
             data.qpos[:N_JOINTS] = np.clip(data.qpos[:N_JOINTS] + dq, low, high)
         return data.qpos[:N_JOINTS].copy()

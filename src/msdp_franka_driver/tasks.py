@@ -71,7 +71,9 @@ class Task:
     def objects_xml(self) -> str:
         raise NotImplementedError
 
-    def randomize(self, sim: SimulatedFranka, rng: np.random.Generator, config: TaskConfig) -> tuple[np.ndarray, np.ndarray]:
+    def randomize(
+        self, sim: SimulatedFranka, rng: np.random.Generator, config: TaskConfig
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Re-draw the scene's random parameters; return the start TCP pose (position, orientation)."""
         raise NotImplementedError
 
@@ -220,7 +222,7 @@ class CloseDrawer(Task):
     tool_com = (0.0, 0.0, ROUND_PEG_LENGTH / 2)
     closed_tolerance = 0.01  # m
     gentle_speed = 0.05  # m/s, the most a closed drawer may still move
-    slam_speed = 0.25  # m/s into the closed stop ends the episode as a failure
+    slam_speed = 0.1  # m/s near the closed stop ends the episode as a failure
 
     tool_xml = PushCube.tool_xml
 
@@ -280,7 +282,9 @@ def make_task(name: str) -> Task:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}") from None
 
 
-def target_after(position: np.ndarray, orientation: np.ndarray, action: np.ndarray, config: TaskConfig) -> tuple[np.ndarray, np.ndarray]:
+def target_after(
+    position: np.ndarray, orientation: np.ndarray, action: np.ndarray, config: TaskConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """The impedance target a (clipped) action asks for: current pose + displacement (+ yaw)."""
     action = np.clip(np.asarray(action, dtype=float), -1.0, 1.0)
     target_position = position + config.max_step * action[:3]
@@ -288,4 +292,3 @@ def target_after(position: np.ndarray, orientation: np.ndarray, action: np.ndarr
     if action.shape[0] > 3:
         target_orientation = quat_multiply(yaw_quat(config.max_yaw_step * action[3]), orientation)
     return target_position, target_orientation
-

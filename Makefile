@@ -1,0 +1,26 @@
+# msdp: the single entry point. `make setup` installs everything and runs the demo; `make test` runs the tests.
+PY := .venv/bin/python
+export MUJOCO_GL ?= egl
+
+.PHONY: setup env demo test test-slow lint bench
+
+setup: env demo
+
+env:
+	@bash scripts/setup_env.sh
+
+demo: env
+	$(PY) -m msdp.cli demo --out results/demo
+
+test: env
+	$(PY) -m pytest -q -m "not slow" test
+
+test-slow: env
+	$(PY) -m pytest -q -m slow test
+
+lint: env
+	.venv/bin/ruff check src test bench
+
+bench: env
+	$(PY) bench/sim_env.py
+	$(PY) bench/control_loop.py

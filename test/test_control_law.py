@@ -1,0 +1,184 @@
+"""Analytic checks of the impedance law, the rate limiter, the target filter and the safety filter."""
+
+import math
+
+import numpy as np
+import pytest
+
+from msdp.config import ConfigError, from_dict
+from msdp_franka_driver.control_law import (
+    ArmState,
+    CartesianImpedanceController,
+    CartesianImpedanceLaw,
+    ImpedanceConfig,
+    SafetyConfig,
+    SafetyFilter,
+    TargetFilter,
+    TorqueRateLimiter,
+)
+from msdp_franka_driver.pose import orientation_error, quat_multiply, rotvec_to_quat, slerp
+
+RNG = np.random.default_rng(0)
+IDENTITY = np.array([0.0, 0.0, 0.0, 1.0])
+
+
+def state(jacobian=None, dq=None, bias=None, position=(0.5, 0.0, 0.3), q=None) -> ArmState:
+    return ArmState(
+        q=np.zeros(7) if q is None else q,
+        dq=np.zeros(7) if dq is None else dq,
+        position=np.array(position, dtype=float),
+        orientation=IDENTITY.copy(),
+        jacobian=RNG.normal(size=(6, 7)) if jacobian is None else jacobian,
+        bias_torque=np.zeros(7) if bias is None else bias,
+    )
+
+
+def law(**overrides) -> CartesianImpedanceLaw:
+    return CartesianImpedanceLaw(ImpedanceConfig(**overrides), nullspace_q=np.zeros(7))
+
+
+def test_zero_error_at_rest_gives_only_the_bias_torque():
+    bias = RNG.normal(size=7)
+    s = state(bias=bias)
+    np.testing.assert_allclose(law().torque(s, s.position, s.orientation), bias, atol=1e-9)
+
+
+def test_pure_x_error_gives_a_force_along_x_through_the_jacobian_transpose():
+    s = state()
+    tau = law(nullspace_stiffness=0.0).torque(s, s.position + [0.01, 0.0, 0.0], s.orientation)
+    expected = s.jacobian.T @ np.array([2000.0 * 0.01, 0, 0, 0, 0, 0])
+    np.testing.assert_allclose(tau, expected, rtol=1e-9)
+
+
+def test_rotation_error_gives_a_torque_about_its_axis():
+    s = state()
+    target = rotvec_to_quat(np.array([0.0, 0.0, 0.1]))
+    tau = law(nullspace_stiffness=0.0).torque(s, s.position, target)
+    np.testing.assert_allclose(tau, s.jacobian.T @ np.array([0, 0, 0, 0, 0, 150.0 * 0.1]), rtol=1e-6)
+
+
+def test_damping_is_critical_for_the_stiffness_and_opposes_velocity():
+    jac = np.eye(6, 7)
+    dq = np.zeros(7)
+    dq[0] = 0.1
+    s = state(jacobian=jac, dq=dq)
+    tau = law(nullspace_stiffness=0.0).torque(s, s.position, s.orientation)
+    assert tau[0] == pytest.approx(-2.0 * math.sqrt(2000.0) * 0.1)
+
+
+def test_nullspace_torque_does_not_move_the_end_effector():
+    s = state(q=RNG.normal(size=7))
+    tau = law(nullspace_stiffness=20.0).torque(s, s.position, s.orientation)
+    # The posture torque lies in the null space of J^T: no task-space wrench comes out of it.
+    wrench = np.linalg.pinv(s.jacobian.T) @ tau
+    assert np.linalg.norm(tau) > 1.0
+    assert np.linalg.norm(wrench) < 1e-5 * np.linalg.norm(tau)  # only the 1e-6 regulariser leaks
+
+
+def test_rate_limiter_never_exceeds_its_bound_and_reaches_the_target():
+    limiter = TorqueRateLimiter(0.5)
+    limiter.reset(np.zeros(7))
+    previous = np.zeros(7)
+    goal = np.array([10.0, -3.0, 0.2, 0.0, 87.0, -12.0, 5.0])
+    for _ in range(200):
+        out = limiter(goal)
+        assert np.all(np.abs(out - previous) <= 0.5 + 1e-12)
+        previous = out
+    np.testing.assert_allclose(previous, goal)
+
+
+def test_target_filter_is_first_order():
+    f = TargetFilter(time_constant=0.01, dt=0.001)
+    f.reset(np.zeros(3), IDENTITY)
+    for _ in range(10):  # one time constant
+        position, _ = f(np.array([1.0, 0.0, 0.0]), IDENTITY)
+    assert position[0] == pytest.approx(1 - math.exp(-1), rel=1e-6)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("side", [0, 1])
+def test_workspace_box_clip_is_exact_on_each_face(axis, side):
+    config = SafetyConfig(max_target_distance=0.2)
+    safety = SafetyFilter(config)
+    bound = (config.workspace_min, config.workspace_max)[side][axis]
+    s = state(position=np.array(config.workspace_min) / 2 + np.array(config.workspace_max) / 2)
+    target = s.position.copy()
+    target[axis] = bound + (0.1 if side else -0.1)
+    assert safety.submit(target, IDENTITY, now=0.0)
+    s.position = target.copy()
+    s.position[axis] = bound
+    position, _ = safety(s, now=0.0)
+    assert position[axis] == bound
+    np.testing.assert_array_equal(np.delete(position, axis), np.delete(target, axis))
+
+
+def test_target_is_leashed_per_axis_and_in_angle():
+    safety = SafetyFilter(SafetyConfig(max_target_distance=0.02, max_target_angle=0.1))
+    s = state()
+    far = rotvec_to_quat(np.array([0.5, 0.0, 0.0]))
+    safety.submit(s.position + [0.1, -0.1, 0.005], far, now=0.0)
+    position, orientation = safety(s, now=0.0)
+    np.testing.assert_allclose(position - s.position, [0.02, -0.02, 0.005])
+    assert np.linalg.norm(orientation_error(orientation, s.orientation)) == pytest.approx(0.1)
+
+
+def test_non_finite_targets_are_rejected_and_the_previous_target_stays():
+    safety = SafetyFilter(SafetyConfig())
+    s = state()
+    assert safety.submit(s.position + 0.01, IDENTITY, now=0.0)
+    assert not safety.submit(np.array([np.nan, 0.0, 0.3]), IDENTITY, now=0.01)
+    assert not safety.submit(s.position, np.array([0.0, 0.0, 0.0, np.inf]), now=0.01)
+    assert not safety.submit(s.position, np.zeros(4), now=0.01)
+    assert safety.rejected == 3
+    position, _ = safety(s, now=0.02)
+    np.testing.assert_allclose(position, s.position + 0.01)
+
+
+def test_watchdog_holds_the_pose_of_the_moment_the_target_went_stale():
+    safety = SafetyFilter(SafetyConfig(watchdog_timeout=0.2))
+    s = state()
+    safety.submit(s.position + [0.03, 0.0, 0.0], IDENTITY, now=0.0)
+    assert safety(s, now=0.1)[0][0] == pytest.approx(s.position[0] + 0.03)
+    moved = state(position=s.position + [0.01, 0.0, 0.0])
+    held, _ = safety(moved, now=0.25)
+    assert safety.holding
+    np.testing.assert_allclose(held, moved.position)
+    later = state(position=s.position + [0.012, 0.0, 0.0])
+    np.testing.assert_allclose(safety(later, now=1.0)[0], moved.position)  # held, not following
+    safety.submit(s.position, IDENTITY, now=1.1)
+    assert not safety.holding
+
+
+def test_controller_output_is_rate_limited_from_the_reset_torque():
+    controller = CartesianImpedanceController(ImpedanceConfig(), SafetyConfig())
+    s = state()
+    controller.reset(s, torque=np.zeros(7))
+    controller.set_target(s.position + [0.05, 0.0, 0.0], IDENTITY, now=0.0)
+    tau = controller.torque(s, now=0.001)
+    assert np.max(np.abs(tau)) <= 0.5 + 1e-12
+
+
+def test_quaternion_helpers_agree():
+    a = rotvec_to_quat(np.array([0.3, -0.2, 0.1]))
+    b = rotvec_to_quat(np.array([-0.1, 0.4, 0.2]))
+    mid = slerp(a, b, 0.5)
+    err = orientation_error(b, a)
+    np.testing.assert_allclose(quat_multiply(rotvec_to_quat(0.5 * err), a), mid, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"translational_stiffness": -1.0}, "translational_stiffness"),
+        ({"max_torque_rate": 2.0}, "allowed range"),
+        ({"stiffnes": 1.0}, "unknown parameter"),
+    ],
+)
+def test_impedance_config_rejects_bad_values_naming_the_parameter(values, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(ImpedanceConfig, values)
+
+
+def test_inverted_workspace_box_is_rejected():
+    with pytest.raises(ConfigError, match=r"workspace_min\[2\]"):
+        from_dict(SafetyConfig, {"workspace_min": [0.2, -0.3, 0.7], "workspace_max": [0.7, 0.3, 0.6]})

@@ -1,0 +1,155 @@
+"""The simulated Franka: wrist F/T physics, scripted insertion, determinism, the other tasks, perturbations."""
+
+import math
+
+import numpy as np
+import pytest
+
+from msdp_franka_driver.control_law import ImpedanceConfig
+from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
+from msdp_franka_driver.tasks import HOLE_CLEARANCE, HOLE_DEPTH, PEG_SIDE, TaskConfig
+
+
+def make_env(**task) -> FrankaTaskEnv:
+    impedance = task.pop("impedance", ImpedanceConfig())
+    return FrankaTaskEnv(EnvConfig(task=TaskConfig(**task), impedance=impedance))
+
+
+def settle(env: FrankaTaskEnv, position: np.ndarray, orientation: np.ndarray, seconds: float) -> None:
+    for _ in range(round(seconds / 0.1)):
+        env.sim.set_target(position, orientation)
+        env.sim.step(100)
+
+
+@pytest.mark.parametrize("stiffness", [1000.0, 2000.0])
+def test_pressing_on_the_fixture_reads_stiffness_times_penetration_along_the_tool_axis(stiffness):
+    env = make_env(hole_yaw_range=0.0, impedance=ImpedanceConfig(translational_stiffness=stiffness))
+    _, info = env.reset(seed=3)
+    hole = info["hole_position"]
+    over_wall = hole[:2] + [-(PEG_SIDE / (2 * math.sqrt(3)) + HOLE_CLEARANCE + 0.015), 0.0]
+    _, down = env.sim.tcp_pose()
+    for z in np.linspace(HOLE_DEPTH + 0.02, HOLE_DEPTH + 0.003, 10):
+        settle(env, np.array([*over_wall, z]), down, 0.1)
+    free_force = np.mean(env.sim.wrench_window, axis=0)[:3]
+    penetration = 0.01  # the target sits this far below the wall's top face
+    settle(env, np.array([*over_wall, HOLE_DEPTH - penetration]), down, 1.5)
+    force = np.mean(env.sim.wrench_window, axis=0)[:3]
+    tip, _ = env.sim.tcp_pose()
+    assert tip[2] == pytest.approx(HOLE_DEPTH, abs=1e-3)  # resting on the wall top, not through it
+    assert np.linalg.norm(free_force) < 0.5
+    # Sensor frame z points along the tool, down into the fixture: the fixture pushes back along -z.
+    assert force[2] == pytest.approx(-stiffness * penetration, rel=0.05)
+    assert np.linalg.norm(force[:2]) < 0.2 * abs(force[2])
+    env.close()
+
+
+def test_free_tool_at_rest_reads_no_wrench():
+    env = make_env()
+    obs, _ = env.reset(seed=0)
+    assert obs["wrench"].shape == (4, 6)
+    assert np.abs(obs["wrench"]).max() < 0.5
+    env.close()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scripted_policy_inserts_the_peg_at_the_nominal_hole_yaw(seed):
+    env = make_env(hole_yaw_range=0.0)
+    env.reset(seed=seed)
+    success = False
+    for _ in range(60):
+        _, reward, terminated, _, info = env.step(env.scripted_action())
+        success = info["success"]
+        if terminated:
+            break
+    assert success
+    tip, _ = env.sim.tcp_pose()
+    assert tip[2] <= HOLE_DEPTH - env.task.success_depth
+    assert reward > -0.03
+    env.close()
+
+
+def rollout(seed: int, steps: int = 15) -> list[np.ndarray]:
+    env = make_env()
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(123)
+    out = [obs["proprio"], obs["image"]]
+    for _ in range(steps):
+        obs, *_ = env.step(rng.uniform(-1, 1, env.action_dim))
+        out += [obs["proprio"], obs["wrench"], obs["image"]]
+    env.close()
+    return out
+
+
+def test_same_seed_gives_the_same_trajectory():
+    first, again, other = rollout(5), rollout(5), rollout(6)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], other[0])
+
+
+def test_actions_are_clipped_and_checked():
+    env = make_env()
+    env.reset(seed=0)
+    before, _ = env.sim.tcp_pose()
+    env.step(np.array([50.0, 0.0, 0.0, 0.0]))
+    after, _ = env.sim.tcp_pose()
+    assert after[0] - before[0] < env.config.task.max_step + 2e-3
+    with pytest.raises(ValueError, match="shape"):
+        env.step(np.zeros(3))
+    with pytest.raises(ValueError, match="finite"):
+        env.step(np.array([np.nan, 0, 0, 0]))
+    env.close()
+
+
+def test_push_cube_moves_the_cube_when_pushed():
+    env = make_env(name="push_cube")
+    obs, info = env.reset(seed=1)
+    start = info["cube_position"].copy()
+    assert env.action_dim == 3
+    tip, down = env.sim.tcp_pose()
+    settle(env, np.array([tip[0], start[1], 0.02]), down, 0.8)
+    for _ in range(12):
+        obs, reward, terminated, truncated, info = env.step(np.array([1.0, 0.0, 0.0]))
+    assert info["cube_position"][0] > start[0] + 0.05
+    assert np.abs(obs["wrench"]).max() > 0.5  # the push shows on the wrist sensor
+    env.close()
+
+
+def test_close_drawer_gently_succeeds_and_slamming_fails():
+    env = make_env(name="close_drawer")
+    _, info = env.reset(seed=2)
+    assert info["opening"] > 0.05
+    tip, down = env.sim.tcp_pose()
+    settle(env, np.array([tip[0], 0.0, 0.1]), down, 0.5)
+    success = False
+    for _ in range(100):
+        opening = float(env.task.privileged_state(env.sim)["opening"])
+        push = np.clip((opening + 0.01) * 20.0, 0.05, 0.3)  # slow down as the drawer closes
+        _, _, terminated, _, info = env.step(np.array([push, 0.0, 0.0]))
+        success = info["success"]
+        if terminated:
+            break
+    assert success and not info["failed"]
+
+    env.reset(seed=2)
+    tip, down = env.sim.tcp_pose()
+    settle(env, np.array([tip[0], 0.0, 0.1]), down, 0.5)
+    failed = False
+    for _ in range(40):
+        _, _, terminated, _, info = env.step(np.array([1.0, 0.0, 0.0]))
+        failed = info["failed"]
+        if terminated:
+            break
+    assert failed and not info["success"]
+    env.close()
+
+
+def test_sensor_perturbations_change_the_observation():
+    clean = make_env()
+    noisy = make_env(image_noise_std=20.0, ft_noise_std=2.0)
+    a, _ = clean.reset(seed=0)
+    b, _ = noisy.reset(seed=0)
+    assert np.abs(a["image"].astype(int) - b["image"].astype(int)).mean() > 5
+    assert np.std(b["wrench"]) > 0.5 > np.std(a["wrench"])
+    clean.close()
+    noisy.close()
