@@ -1,5 +1,6 @@
 """Typed, validated configuration: one dataclass per component, loaded from the YAML files in config/.
 
+A dataclass may define ``check(prefix)`` for rules across fields (``prefix`` names its place in the tree).
 Each numeric field may carry ``metadata={"range": (low, high)}`` and ``"doc"``; the same metadata
 validates a YAML file, a dict of overrides and the ROS parameters a node declares, so an out-of-range
 value is rejected with one message format everywhere: which parameter, what it got, what is allowed.
@@ -88,7 +89,7 @@ def from_dict(cls: type[T], values: dict[str, Any] | None, prefix: str = "") -> 
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)
     if check is not None:
-        check()
+        check(prefix)
     return obj
 
 

@@ -61,11 +61,12 @@ class SafetyConfig:
         default=0.2, metadata=param_range(0.005, 5.0, "s without a fresh target before holding pose")
     )
 
-    def check(self) -> None:
+    def check(self, prefix: str = "") -> None:
         for axis, (low, high) in enumerate(zip(self.workspace_min, self.workspace_max, strict=True)):
             if low >= high:
                 raise ConfigError(
-                    f"parameter 'workspace_min[{axis}]' ({low}) must be below 'workspace_max[{axis}]' ({high})"
+                    f"parameter '{prefix}workspace_min[{axis}]' ({low}) must be below "
+                    f"'{prefix}workspace_max[{axis}]' ({high})"
                 )
 
 

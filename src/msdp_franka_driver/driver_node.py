@@ -1,0 +1,249 @@
+"""Franka driver node: a thin rclpy adapter around a backend (simulated MuJoCo arm or real libfranka arm).
+
+Topics (base frame ``fr3_link0``, SI units):
+  publishes  /joint_states (sensor_msgs/JointState), /franka/ee_pose (geometry_msgs/PoseStamped),
+             /msdp/markers (workspace box, target, wrench arrow);
+             mujoco backend also /camera/image_raw (rgb8), /ft_sensor/wrench (frame ``ft_sensor``) and /clock
+  subscribes /franka/equilibrium_pose (geometry_msgs/PoseStamped): the impedance target
+  services   ~/reset, ~/recover (std_srvs/Trigger)
+With the mujoco backend, stamps are simulated time and /clock is published: run the other nodes with
+``use_sim_time`` when the simulation runs faster or slower than real time.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Point, PoseStamped, WrenchStamped
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker, MarkerArray
+
+from msdp.config import ConfigError, param_range
+from msdp.ros_params import declare_config
+from msdp_franka_driver.backend import ArmBackend, ArmSnapshot
+from msdp_franka_driver.control_law import ImpedanceConfig, SafetyConfig
+from msdp_franka_driver.env import EnvConfig
+from msdp_franka_driver.fr3_model import JOINT_NAMES
+from msdp_franka_driver.libfranka_backend import LibfrankaConfig
+from msdp_franka_driver.mujoco_backend import SimConfig
+from msdp_franka_driver.pose import quat_to_matrix
+from msdp_franka_driver.tasks import TaskConfig
+
+BASE_FRAME = "fr3_link0"
+FT_FRAME = "ft_sensor"
+CAMERA_FRAME = "third_person_camera"
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    """Driver node parameters; ``config/driver.yaml`` holds the same names."""
+
+    backend: str = field(default="mujoco", metadata={"choices": ("mujoco", "libfranka")})
+    state_rate: float = field(default=100.0, metadata=param_range(1.0, 1000.0, "Hz, joint states and pose"))
+    camera_rate: float = field(default=10.0, metadata=param_range(0.0, 60.0, "Hz, simulated camera; 0 = off"))
+    marker_rate: float = field(default=5.0, metadata=param_range(0.0, 60.0, "Hz, rviz markers; 0 = off"))
+    real_time_factor: float = field(default=1.0, metadata=param_range(0.01, 100.0, "simulated s per wall s"))
+    seed: int = field(default=0, metadata=param_range(0, 2**31 - 1, "first scene seed (mujoco)"))
+    impedance: ImpedanceConfig = field(default_factory=ImpedanceConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+    libfranka: LibfrankaConfig = field(default_factory=LibfrankaConfig)
+
+
+def make_backend(config: DriverConfig) -> ArmBackend:
+    if config.backend == "mujoco":
+        from msdp_franka_driver.sim_arm import MujocoArm
+
+        env = EnvConfig(task=config.task, sim=config.sim, impedance=config.impedance, safety=config.safety)
+        return MujocoArm(env, seed=config.seed)
+    from msdp_franka_driver.libfranka_backend import LibfrankaArm
+
+    return LibfrankaArm(config.libfranka, config.impedance, config.safety)
+
+
+def stamp(seconds: float) -> Time:
+    nanoseconds = int(round(seconds * 1e9))
+    return Time(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
+
+
+class FrankaDriverNode(Node):
+    def __init__(self):
+        super().__init__("franka_driver")
+        try:
+            self.config = declare_config(self, DriverConfig)
+        except ConfigError:
+            super().destroy_node()
+            raise
+        self.backend = make_backend(self.config)
+        self.simulated = self.config.backend == "mujoco"
+        self.backend.start()
+        self.target: PoseStamped | None = None
+
+        self.joint_pub = self.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
+        self.pose_pub = self.create_publisher(PoseStamped, "/franka/ee_pose", qos_profile_sensor_data)
+        self.marker_pub = self.create_publisher(MarkerArray, "/msdp/markers", 1)
+        reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self.create_subscription(PoseStamped, "/franka/equilibrium_pose", self.on_target, reliable)
+        self.create_service(Trigger, "~/reset", self.on_reset)
+        self.create_service(Trigger, "~/recover", self.on_recover)
+        if self.simulated:
+            self.wrench_pub = self.create_publisher(WrenchStamped, "/ft_sensor/wrench", qos_profile_sensor_data)
+            self.image_pub = self.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+            self.clock_pub = self.create_publisher(Clock, "/clock", 10)
+            if self.config.camera_rate > 0:
+                self.create_timer(1.0 / self.config.camera_rate, self.publish_image)
+        self.create_timer(1.0 / self.config.state_rate, self.on_tick)
+        if self.config.marker_rate > 0:
+            self.create_timer(1.0 / self.config.marker_rate, self.publish_markers)
+        self.get_logger().info(f"franka driver up: backend {self.config.backend}")
+
+    # -- time ----------------------------------------------------------------------------------
+    def now_msg(self, snapshot: ArmSnapshot) -> Time:
+        return stamp(snapshot.time) if self.simulated else self.get_clock().now().to_msg()
+
+    # -- callbacks -----------------------------------------------------------------------------
+    def on_tick(self) -> None:
+        if self.simulated:
+            self.backend.advance(self.config.real_time_factor / self.config.state_rate)
+        snapshot = self.backend.snapshot()
+        now = self.now_msg(snapshot)
+        if self.simulated:
+            self.clock_pub.publish(Clock(clock=now))
+            wrench = WrenchStamped()
+            wrench.header.stamp, wrench.header.frame_id = now, FT_FRAME
+            f, t = snapshot.wrench[:3], snapshot.wrench[3:]
+            wrench.wrench.force.x, wrench.wrench.force.y, wrench.wrench.force.z = map(float, f)
+            wrench.wrench.torque.x, wrench.wrench.torque.y, wrench.wrench.torque.z = map(float, t)
+            self.wrench_pub.publish(wrench)
+        joints = JointState(name=list(JOINT_NAMES))
+        joints.header.stamp = now
+        joints.position, joints.velocity, joints.effort = (
+            list(map(float, v)) for v in (snapshot.q, snapshot.dq, snapshot.tau)
+        )
+        self.joint_pub.publish(joints)
+        pose = PoseStamped()
+        pose.header.stamp, pose.header.frame_id = now, BASE_FRAME
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = map(float, snapshot.position)
+        o = pose.pose.orientation
+        o.x, o.y, o.z, o.w = map(float, snapshot.orientation)
+        self.pose_pub.publish(pose)
+
+    def on_target(self, msg: PoseStamped) -> None:
+        if msg.header.frame_id not in ("", BASE_FRAME):
+            self.get_logger().warning(
+                f"target rejected: frame '{msg.header.frame_id}', expected '{BASE_FRAME}'", throttle_duration_sec=1.0
+            )
+            return
+        p, o = msg.pose.position, msg.pose.orientation
+        position, orientation = np.array([p.x, p.y, p.z]), np.array([o.x, o.y, o.z, o.w])
+        if not self.backend.set_target(position, orientation):
+            self.get_logger().warning(
+                f"target rejected: non-finite or zero-norm pose {position} {orientation}; holding the previous target",
+                throttle_duration_sec=1.0,
+            )
+            return
+        self.target = msg
+
+    def on_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        reset = getattr(self.backend, "reset", None)
+        if reset is None:
+            response.success, response.message = False, "reset is not available for this backend"
+        else:
+            response.success, response.message = True, reset()
+            self.target = None
+        return response
+
+    def on_recover(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        try:
+            response.message = self.backend.recover()
+            response.success = True
+        except RuntimeError as exc:
+            response.success, response.message = False, f"recovery failed: {exc}"
+        return response
+
+    def publish_image(self) -> None:
+        image = self.backend.image()
+        msg = Image(height=image.shape[0], width=image.shape[1], encoding="rgb8", step=3 * image.shape[1])
+        msg.header.stamp, msg.header.frame_id = self.now_msg(self.backend.snapshot()), CAMERA_FRAME
+        msg.data = image.tobytes()
+        self.image_pub.publish(msg)
+
+    def publish_markers(self) -> None:
+        snapshot = self.backend.snapshot()
+        now = self.now_msg(snapshot)
+        markers = MarkerArray(markers=[self.workspace_marker(now), self.wrench_marker(now, snapshot)])
+        if self.target is not None:
+            target = Marker(ns="target", id=0, type=Marker.SPHERE, action=Marker.ADD)
+            target.header.stamp, target.header.frame_id = now, BASE_FRAME
+            target.pose = self.target.pose
+            target.scale.x = target.scale.y = target.scale.z = 0.02
+            target.color.r, target.color.g, target.color.a = 1.0, 0.6, 0.9
+            markers.markers.append(target)
+        self.marker_pub.publish(markers)
+
+    def workspace_marker(self, now: Time) -> Marker:
+        low, high = self.config.safety.workspace_min, self.config.safety.workspace_max
+        box = Marker(ns="workspace", id=0, type=Marker.LINE_LIST, action=Marker.ADD)
+        box.header.stamp, box.header.frame_id = now, BASE_FRAME
+        box.pose.orientation.w = 1.0
+        box.scale.x = 0.003
+        box.color.g, box.color.b, box.color.a = 0.8, 1.0, 0.8
+        corners = [(x, y, z) for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])]
+        for i, a in enumerate(corners):
+            for b in corners[i + 1 :]:
+                if sum(u != v for u, v in zip(a, b, strict=True)) == 1:  # box edges differ in one axis
+                    box.points += [Point(x=a[0], y=a[1], z=a[2]), Point(x=b[0], y=b[1], z=b[2])]
+        return box
+
+    def wrench_marker(self, now: Time, snapshot: ArmSnapshot) -> Marker:
+        arrow = Marker(ns="wrench", id=0, type=Marker.ARROW, action=Marker.ADD)
+        arrow.header.stamp, arrow.header.frame_id = now, BASE_FRAME
+        arrow.pose.orientation.w = 1.0
+        force = self.wrench_in_base(snapshot)[:3] * 0.01  # 1 cm per N, drawn from the tool tip
+        tip = snapshot.position
+        end = tip + force
+        arrow.points = [Point(x=tip[0], y=tip[1], z=tip[2]), Point(x=end[0], y=end[1], z=end[2])]
+        arrow.scale.x, arrow.scale.y, arrow.scale.z = 0.005, 0.01, 0.01
+        arrow.color.r, arrow.color.a = 1.0, 0.9
+        return arrow
+
+    @staticmethod
+    def wrench_in_base(snapshot: ArmSnapshot) -> np.ndarray:
+        """The wrench rotated into the base frame (both backends report it in a frame aligned with the tool)."""
+        rotation = quat_to_matrix(snapshot.orientation)
+        return np.concatenate([rotation @ snapshot.wrench[:3], rotation @ snapshot.wrench[3:]])
+
+    def destroy_node(self) -> None:
+        self.backend.stop()
+        super().destroy_node()
+
+
+def main(argv: list[str] | None = None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    try:
+        node = FrankaDriverNode()
+    except ConfigError as exc:
+        print(f"franka_driver: invalid parameter: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Helpers for tests that run real ROS 2 nodes: start node processes, and a probe node to talk to them.
+
+Each test session has its own ROS_DOMAIN_ID with localhost-only discovery (see conftest.py), and every
+process started here runs in its own process group that is killed on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+
+
+@contextmanager
+def node_process(module: str, params: dict[str, object], log: Path) -> Iterator[subprocess.Popen]:
+    """Run ``python -m module --ros-args -p k:=v ...``; output goes to ``log``; killed on exit."""
+    args = [sys.executable, "-m", module, "--ros-args"]
+    for key, value in params.items():
+        args += ["-p", f"{key}:={value}"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+class Probe:
+    """A test-side rclpy node with its own context, spun on demand."""
+
+    def __init__(self, name: str = "probe"):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = Node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def spin_until(self, condition: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return True
+            self.executor.spin_once(timeout_sec=0.02)
+        return condition()
+
+    def spin_for(self, seconds: float) -> None:
+        self.spin_until(lambda: False, seconds)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
