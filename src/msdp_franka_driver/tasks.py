@@ -149,15 +149,26 @@ class PegInsertion(Task):
         return Score(reward, bool(success), False)
 
     def scripted_action(self, sim: SimulatedFranka, config: TaskConfig) -> np.ndarray:
-        """Privileged expert: align yaw and xy above the hole, then descend; for demos, tests and data."""
+        """Privileged expert: align xy and yaw above the hole, descend when aligned, lift off when jammed.
+
+        For demos, tests and data collection. Lateral correction never stops; the peg goes down only when it
+        is aligned within the clearance or already inside the hole, so it never pushes on the hole's edge.
+        """
         tip, _ = sim.tcp_pose()
         hole = self.privileged_state(sim)["hole_position"]
+        top = hole[2] + HOLE_DEPTH
         lateral = hole[:2] - tip[:2]
         yaw_error = self.yaw_error(sim)
-        aligned = np.linalg.norm(lateral) < 0.002 and abs(yaw_error) < 0.03
-        above = HOLE_DEPTH + 0.02
-        target_z = hole[2] + HOLE_DEPTH - self.success_depth - 0.01 if aligned or tip[2] < HOLE_DEPTH else above
-        displacement = np.array([*lateral, target_z - tip[2]])
+        inside = tip[2] < top - 0.002
+        aligned = np.linalg.norm(lateral) < 0.8 * HOLE_CLEARANCE and abs(yaw_error) < 0.05
+        if inside or aligned:
+            target_z = top - self.success_depth - 0.01
+        else:
+            target_z = top + 0.015
+        dz = target_z - tip[2]
+        if tip[2] < top + 0.02:
+            dz = np.clip(dz, -0.005, 0.005)  # slow near the hole: fast descents drag the tip sideways
+        displacement = np.array([*lateral, dz])
         action = np.concatenate([displacement / config.max_step, [yaw_error / max(config.max_yaw_step, 1e-6)]])
         return np.clip(action, -1.0, 1.0)
 
@@ -285,10 +296,12 @@ def make_task(name: str) -> Task:
 def target_after(
     position: np.ndarray, orientation: np.ndarray, action: np.ndarray, config: TaskConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The impedance target a (clipped) action asks for: current pose + displacement (+ yaw)."""
+    """The impedance target an action asks for: current position + displacement, tool pointing down.
+
+    Roll and pitch are always commanded back to tool-down, so contact cannot tilt the tool for good; a 4-D
+    action turns the yaw by up to ``max_yaw_step``, a 3-D action holds yaw at zero.
+    """
     action = np.clip(np.asarray(action, dtype=float), -1.0, 1.0)
     target_position = position + config.max_step * action[:3]
-    target_orientation = orientation
-    if action.shape[0] > 3:
-        target_orientation = quat_multiply(yaw_quat(config.max_yaw_step * action[3]), orientation)
-    return target_position, target_orientation
+    yaw = _tcp_yaw(orientation) + config.max_yaw_step * action[3] if action.shape[0] > 3 else 0.0
+    return target_position, quat_multiply(yaw_quat(yaw), DOWN)
