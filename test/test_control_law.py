@@ -33,6 +33,13 @@ def state(jacobian=None, dq=None, bias=None, position=(0.5, 0.0, 0.3), q=None) -
     )
 
 
+def run(safety: SafetyFilter, s: ArmState, start: float, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """Call the filter every 1 ms from ``start`` for ``seconds``; the last output."""
+    for cycle in range(round(seconds * 1000)):
+        out = safety(s, now=start + cycle * 0.001)
+    return out
+
+
 def law(**overrides) -> CartesianImpedanceLaw:
     return CartesianImpedanceLaw(ImpedanceConfig(**overrides), nullspace_q=np.zeros(7))
 
@@ -107,7 +114,7 @@ def test_workspace_box_clip_is_exact_on_each_face(axis, side):
     assert safety.submit(target, IDENTITY, now=0.0)
     s.position = target.copy()
     s.position[axis] = bound
-    position, _ = safety(s, now=0.0)
+    position, _ = run(safety, s, 0.0, 0.15)
     assert position[axis] == bound
     np.testing.assert_array_equal(np.delete(position, axis), np.delete(target, axis))
 
@@ -117,9 +124,27 @@ def test_target_is_leashed_per_axis_and_in_angle():
     s = state()
     far = rotvec_to_quat(np.array([0.5, 0.0, 0.0]))
     safety.submit(s.position + [0.1, -0.1, 0.005], far, now=0.0)
-    position, orientation = safety(s, now=0.0)
+    position, orientation = run(safety, s, 0.0, 0.15)
     np.testing.assert_allclose(position - s.position, [0.02, -0.02, 0.005])
     assert np.linalg.norm(orientation_error(orientation, s.orientation)) == pytest.approx(0.1)
+
+
+def test_the_target_the_law_sees_moves_no_faster_than_the_speed_limits():
+    config = SafetyConfig(max_target_speed=0.2, max_target_angular_speed=0.5, max_target_distance=0.2)
+    safety = SafetyFilter(config)
+    s = state()
+    safety.hold(s.position, s.orientation)
+    target = (s.position + [0.15, 0.0, -0.1], rotvec_to_quat(np.array([0.0, 0.0, 0.4])))
+    previous_position, previous_orientation = s.position, s.orientation
+    for cycle in range(1, 2000):
+        if cycle % 100 == 1:
+            safety.submit(*target, now=cycle * 0.001)  # a 10 Hz policy keeps the watchdog quiet
+        position, orientation = safety(s, now=cycle * 0.001)
+        assert np.max(np.abs(position - previous_position)) <= 0.2 * 0.001 + 1e-12
+        assert np.linalg.norm(orientation_error(orientation, previous_orientation)) <= 0.5 * 0.001 + 1e-9
+        previous_position, previous_orientation = position, orientation
+    np.testing.assert_allclose(position, s.position + [0.15, 0.0, -0.1])  # it gets there in the end
+    assert np.linalg.norm(orientation_error(orientation, s.orientation)) == pytest.approx(0.4)
 
 
 def test_non_finite_targets_are_rejected_and_the_previous_target_stays():
@@ -130,15 +155,15 @@ def test_non_finite_targets_are_rejected_and_the_previous_target_stays():
     assert not safety.submit(s.position, np.array([0.0, 0.0, 0.0, np.inf]), now=0.01)
     assert not safety.submit(s.position, np.zeros(4), now=0.01)
     assert safety.rejected == 3
-    position, _ = safety(s, now=0.02)
+    position, _ = run(safety, s, 0.01, 0.15)
     np.testing.assert_allclose(position, s.position + 0.01)
 
 
 def test_watchdog_holds_the_pose_of_the_moment_the_target_went_stale():
-    safety = SafetyFilter(SafetyConfig(watchdog_timeout=0.2))
+    safety = SafetyFilter(SafetyConfig(watchdog_timeout=0.2, max_target_speed=1.0))
     s = state()
     safety.submit(s.position + [0.03, 0.0, 0.0], IDENTITY, now=0.0)
-    assert safety(s, now=0.1)[0][0] == pytest.approx(s.position[0] + 0.03)
+    assert run(safety, s, 0.0, 0.1)[0][0] == pytest.approx(s.position[0] + 0.03)
     moved = state(position=s.position + [0.01, 0.0, 0.0])
     held, _ = safety(moved, now=0.25)
     assert safety.holding

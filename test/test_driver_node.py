@@ -136,3 +136,35 @@ def test_bad_parameters_stop_the_node_with_an_error_naming_them(override, messag
     )
     assert result.returncode == 2
     assert message in result.stderr
+
+
+@pytest.mark.franka_sim
+def test_driver_node_drives_the_libfranka_backend_against_franka_sim(tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from franka_sim_server import EE_OFFSET, franka_sim_server, require_franka_sim
+
+    require_franka_sim()
+    with franka_sim_server() as sim:
+        params = {
+            "backend": "libfranka",
+            "libfranka.robot_ip": sim.host,
+            "libfranka.realtime": "ignore",
+            "libfranka.ee_offset": list(EE_OFFSET),
+        }
+        with node_process(DRIVER, params, tmp_path / "driver.log"):
+            probe = DriverProbe()
+            diagnostics: list[DiagnosticArray] = []
+            probe.node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
+            try:
+                probe.wait_ready()
+                start = probe.position().copy()
+                target = start + [0.0, 0.04, -0.03]
+                probe.stream(target, seconds=3.0)
+                assert np.linalg.norm(probe.position() - target) < 0.005
+                assert probe.spin_until(lambda: diagnostics, 5.0)
+                values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+                assert values["phase"] == "running" and values["aborts"] == "0"
+                assert 0.5 < float(values["period_p50_ms"]) < 1.5
+            finally:
+                probe.close()

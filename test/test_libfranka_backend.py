@@ -17,8 +17,8 @@ import pytest
 from franka_sim_server import EE_OFFSET, FrankaSim, franka_sim_server, require_franka_sim
 from msdp.config import ConfigError, from_dict
 from msdp_franka_driver.control_law import ImpedanceConfig, SafetyConfig
-from msdp_franka_driver.libfranka_backend import LibfrankaArm, LibfrankaConfig, matrix_to_quat
-from msdp_franka_driver.pose import orientation_error, quat_to_matrix
+from msdp_franka_driver.libfranka_backend import LibfrankaArm, LibfrankaConfig
+from msdp_franka_driver.pose import matrix_to_quat, orientation_error, quat_to_matrix
 
 SAFETY = SafetyConfig()
 

@@ -57,6 +57,12 @@ class SafetyConfig:
     max_target_angle: float = field(
         default=0.5, metadata=param_range(0.01, 3.14, "rad between target and current orientation")
     )
+    max_target_speed: float = field(
+        default=0.3, metadata=param_range(0.01, 1.0, "m/s, how fast the target the law sees may move")
+    )
+    max_target_angular_speed: float = field(
+        default=1.0, metadata=param_range(0.01, 3.0, "rad/s, how fast the target orientation may turn")
+    )
     watchdog_timeout: float = field(
         default=0.2, metadata=param_range(0.005, 5.0, "s without a fresh target before holding pose")
     )
@@ -150,12 +156,24 @@ class TargetFilter:
         return self.position, self.orientation
 
 
+def is_valid_target(position: np.ndarray, orientation: np.ndarray) -> bool:
+    """A target the law may use: finite position, finite orientation of roughly unit norm."""
+    position = np.asarray(position, dtype=float)
+    orientation = np.asarray(orientation, dtype=float)
+    if position.shape != (3,) or orientation.shape != (4,):
+        return False
+    if not (np.all(np.isfinite(position)) and np.all(np.isfinite(orientation))):
+        return False
+    return 0.5 < float(np.linalg.norm(orientation)) < 1.5
+
+
 class SafetyFilter:
     """Accepts targets, then each cycle returns the safe target for the current pose.
 
-    - a non-finite target is rejected (``submit`` returns False) and the previous target stays;
-    - the target is clipped into the workspace box, then to ``max_target_distance`` per axis and
-      ``max_target_angle`` from the current pose, so a far target pulls gently instead of slamming;
+    - an invalid (non-finite) target is rejected (``submit`` returns False) and the previous target stays;
+    - the target is clipped into the workspace box; what the law sees moves towards it no faster than
+      ``max_target_speed`` / ``max_target_angular_speed`` (a far target never becomes a 100 N jerk), and
+      stays within ``max_target_distance`` per axis and ``max_target_angle`` of the current pose;
     - if no fresh target arrived within ``watchdog_timeout``, the pose at that moment is held.
     """
 
@@ -165,38 +183,52 @@ class SafetyFilter:
         self.high = np.array(config.workspace_max)
         self.position: np.ndarray | None = None
         self.orientation: np.ndarray | None = None
+        self.out_position: np.ndarray | None = None  # what the law saw last cycle
+        self.out_orientation: np.ndarray | None = None
         self.stamp = -math.inf
+        self.last_call = -math.inf
         self.holding = True
         self.rejected = 0
 
     def submit(self, position: np.ndarray, orientation: np.ndarray, now: float) -> bool:
-        position = np.asarray(position, dtype=float)
-        orientation = np.asarray(orientation, dtype=float)
-        norm = float(np.linalg.norm(orientation)) if np.all(np.isfinite(orientation)) else 0.0
-        if not np.all(np.isfinite(position)) or not 0.5 < norm < 1.5:
+        if not is_valid_target(position, orientation):
             self.rejected += 1
             return False
-        self.position = np.minimum(np.maximum(position, self.low), self.high)
-        self.orientation = orientation / norm
+        orientation = np.asarray(orientation, dtype=float)
+        self.position = np.minimum(np.maximum(np.asarray(position, dtype=float), self.low), self.high)
+        self.orientation = orientation / np.linalg.norm(orientation)
         self.stamp = now
         self.holding = False
         return True
 
     def hold(self, position: np.ndarray, orientation: np.ndarray) -> None:
-        """Hold this pose (until a fresh target arrives)."""
+        """Hold this pose (until a fresh target arrives); the speed limit restarts from here."""
         self.position = np.minimum(np.maximum(np.asarray(position, dtype=float), self.low), self.high)
         self.orientation = quat_normalize(orientation)
+        self.out_position, self.out_orientation = self.position, self.orientation
         self.holding = True
 
     def __call__(self, state: ArmState, now: float) -> tuple[np.ndarray, np.ndarray]:
         if self.position is None or (not self.holding and now - self.stamp > self.config.watchdog_timeout):
             self.hold(state.position, state.orientation)
-        leash = self.config.max_target_distance
-        position = np.minimum(np.maximum(self.position, state.position - leash), state.position + leash)
+        if self.out_position is None:  # a target came before the first cycle: start from the current pose
+            self.out_position, self.out_orientation = state.position, state.orientation
+        dt = 0.0 if self.last_call == -math.inf else min(max(now - self.last_call, 0.0), 0.01)  # a stall moves 10 ms
+        self.last_call = now
+        config = self.config
+        step = config.max_target_speed * dt
+        position = np.minimum(np.maximum(self.position, self.out_position - step), self.out_position + step)
         orientation = self.orientation
+        turn = config.max_target_angular_speed * dt
+        angle = angle_between(self.out_orientation, orientation)
+        if angle > turn:
+            orientation = slerp(self.out_orientation, orientation, turn / angle)
+        leash = config.max_target_distance
+        position = np.minimum(np.maximum(position, state.position - leash), state.position + leash)
         angle = angle_between(orientation, state.orientation)
-        if angle > self.config.max_target_angle:
-            orientation = slerp(state.orientation, orientation, self.config.max_target_angle / angle)
+        if angle > config.max_target_angle:
+            orientation = slerp(state.orientation, orientation, config.max_target_angle / angle)
+        self.out_position, self.out_orientation = position, orientation
         return position, orientation
 
 

@@ -2,7 +2,7 @@
 
 Topics (base frame ``fr3_link0``, SI units):
   publishes  /joint_states (sensor_msgs/JointState), /franka/ee_pose (geometry_msgs/PoseStamped),
-             /msdp/markers (workspace box, target, wrench arrow);
+             /msdp/markers (workspace box, target, wrench arrow), /diagnostics (1 Hz: control loop health);
              mujoco backend also /camera/image_raw (rgb8), /ft_sensor/wrench (frame ``ft_sensor``) and /clock
   subscribes /franka/equilibrium_pose (geometry_msgs/PoseStamped): the impedance target
   services   ~/reset, ~/recover (std_srvs/Trigger)
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PoseStamped, WrenchStamped
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -91,6 +92,8 @@ class FrankaDriverNode(Node):
         self.joint_pub = self.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
         self.pose_pub = self.create_publisher(PoseStamped, "/franka/ee_pose", qos_profile_sensor_data)
         self.marker_pub = self.create_publisher(MarkerArray, "/msdp/markers", 1)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0, self.publish_diagnostics)
         reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(PoseStamped, "/franka/equilibrium_pose", self.on_target, reliable)
         self.create_service(Trigger, "~/reset", self.on_reset)
@@ -169,6 +172,36 @@ class FrankaDriverNode(Node):
         except RuntimeError as exc:
             response.success, response.message = False, f"recovery failed: {exc}"
         return response
+
+    def publish_diagnostics(self) -> None:
+        """Control-loop health: the real loop's period statistics and faults; rejected targets for both."""
+        status = DiagnosticStatus(name="franka_driver: control loop", hardware_id=self.config.backend)
+        values = {"holding": str(self.backend.snapshot().holding)}
+        status.level, status.message = DiagnosticStatus.OK, "running"
+        if self.simulated:
+            values["rejected_targets"] = str(self.backend.sim.controller.safety.rejected)
+            values["sim_time_s"] = f"{self.backend.sim.time:.3f}"
+        else:
+            phase = self.backend.phase()
+            stats = self.backend.loop_stats()
+            values.update(
+                phase=phase,
+                period_p50_ms=f"{stats.period_p50_ms:.3f}",
+                period_p99_ms=f"{stats.period_p99_ms:.3f}",
+                period_max_ms=f"{stats.period_max_ms:.3f}",
+                lost_cycles=str(stats.lost_cycles),
+                command_success_rate=f"{stats.command_success_rate:.4f}",
+                aborts=str(stats.aborts),
+                rejected_targets=str(stats.rejected_targets),
+                last_error=stats.last_error,
+            )
+            if phase != "running":
+                status.level, status.message = DiagnosticStatus.ERROR, f"{phase}: {stats.last_error} (call ~/recover)"
+                self.get_logger().error(f"control loop {status.message}", throttle_duration_sec=5.0)
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_pub.publish(array)
 
     def publish_image(self) -> None:
         image = self.backend.image()

@@ -42,8 +42,9 @@ from msdp_franka_driver.control_law import (
     CartesianImpedanceController,
     ImpedanceConfig,
     SafetyConfig,
-    SafetyFilter,
+    is_valid_target,
 )
+from msdp_franka_driver.pose import matrix_to_quat
 
 REALTIME_MODES = ("enforce", "ignore")
 
@@ -191,25 +192,6 @@ class _Shared:
     @property
     def phase(self) -> int:
         return int(self.status[_PHASE])
-
-
-def matrix_to_quat(rot: np.ndarray) -> np.ndarray:
-    """Unit quaternion (x y z w) of a rotation matrix (Shepperd's method, stable for every angle)."""
-    m00, m11, m22 = rot[0, 0], rot[1, 1], rot[2, 2]
-    trace = m00 + m11 + m22
-    if trace > 0.0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        q = (rot[2, 1] - rot[1, 2], rot[0, 2] - rot[2, 0], rot[1, 0] - rot[0, 1], 0.25 * s * s)
-    elif m00 > m11 and m00 > m22:
-        s = 2.0 * math.sqrt(1.0 + m00 - m11 - m22)
-        q = (0.25 * s * s, rot[0, 1] + rot[1, 0], rot[0, 2] + rot[2, 0], rot[2, 1] - rot[1, 2])
-    elif m11 > m22:
-        s = 2.0 * math.sqrt(1.0 + m11 - m00 - m22)
-        q = (rot[0, 1] + rot[1, 0], 0.25 * s * s, rot[1, 2] + rot[2, 1], rot[0, 2] - rot[2, 0])
-    else:
-        s = 2.0 * math.sqrt(1.0 + m22 - m00 - m11)
-        q = (rot[0, 2] + rot[2, 0], rot[1, 2] + rot[2, 1], 0.25 * s * s, rot[1, 0] - rot[0, 1])
-    return np.array(q) / s
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,8 +372,7 @@ class LibfrankaArm:
         self.config = config
         self.impedance = impedance
         self.safety = safety
-        # Same acceptance rule as the loop's SafetyFilter, so set_target can answer at once.
-        self._validator = SafetyFilter(safety)
+        self._rejected = 0
         self._target_lock = threading.Lock()  # several parent threads may publish targets
         self._target_id = 0
         self._shared: _Shared | None = None
@@ -451,13 +432,15 @@ class LibfrankaArm:
     def set_target(self, position: np.ndarray, orientation: np.ndarray) -> bool:
         shared = self._require()
         with self._target_lock:
-            if not self._validator.submit(position, orientation, 0.0):
+            # The loop's SafetyFilter applies the same rule; checking here lets set_target answer at once.
+            if not is_valid_target(position, orientation):
+                self._rejected += 1
                 return False
             self._target_id += 1
             block = shared.target
             block[0] += 1.0
-            block[_TARGET_POS] = self._validator.position
-            block[_TARGET_QUAT] = self._validator.orientation
+            block[_TARGET_POS] = position
+            block[_TARGET_QUAT] = orientation
             block[_TARGET_ID] = self._target_id
             block[0] += 1.0
         return True
@@ -496,7 +479,7 @@ class LibfrankaArm:
             lost_cycles=int(status[_LOST]),
             command_success_rate=float(status[_SUCCESS_RATE]),
             aborts=int(status[_ABORTS]),
-            rejected_targets=self._validator.rejected,
+            rejected_targets=self._rejected,
             holding=bool(shared.state[_S_HOLDING]),
             last_error=shared.message if int(status[_ABORTS]) or shared.phase == FAILED else "",
         )

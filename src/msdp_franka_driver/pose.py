@@ -102,3 +102,22 @@ def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
         b = -b
     delta = quat_to_rotvec(quat_multiply(b, quat_conjugate(a)))
     return quat_multiply(rotvec_to_quat(t * delta), a)
+
+
+def matrix_to_quat(rot: np.ndarray) -> np.ndarray:
+    """Unit quaternion (x y z w) of a rotation matrix (Shepperd's method, stable for every angle)."""
+    m00, m11, m22 = rot[0, 0], rot[1, 1], rot[2, 2]
+    trace = m00 + m11 + m22
+    if trace > 0.0:
+        s = 2.0 * math.sqrt(trace + 1.0)
+        q = (rot[2, 1] - rot[1, 2], rot[0, 2] - rot[2, 0], rot[1, 0] - rot[0, 1], 0.25 * s * s)
+    elif m00 > m11 and m00 > m22:
+        s = 2.0 * math.sqrt(1.0 + m00 - m11 - m22)
+        q = (0.25 * s * s, rot[0, 1] + rot[1, 0], rot[0, 2] + rot[2, 0], rot[2, 1] - rot[1, 2])
+    elif m11 > m22:
+        s = 2.0 * math.sqrt(1.0 + m11 - m00 - m22)
+        q = (rot[0, 1] + rot[1, 0], 0.25 * s * s, rot[1, 2] + rot[2, 1], rot[0, 2] - rot[2, 0])
+    else:
+        s = 2.0 * math.sqrt(1.0 + m22 - m00 - m11)
+        q = (rot[0, 2] + rot[2, 0], rot[1, 2] + rot[2, 1], 0.25 * s * s, rot[1, 0] - rot[0, 1])
+    return np.array(q) / s
