@@ -136,7 +136,8 @@ class TorqueRateLimiter:
 
 
 class TargetFilter:
-    """First-order low-pass on the target pose (slerp for orientation), like franka_ros' reference filter."""
+    """First-order low-pass on the target pose, like franka_ros' reference filter (nlerp for orientation:
+    per 1 ms cycle the step is tiny, where nlerp and slerp agree)."""
 
     def __init__(self, time_constant: float, dt: float):
         self.alpha = 1.0 if time_constant <= 0.0 else 1.0 - math.exp(-dt / time_constant)

@@ -108,7 +108,6 @@ class SimulatedFranka:
         self._quat_wxyz = np.zeros(4)
         self._wrench_every = max(1, round(1.0 / (config.wrench_rate * config.physics_dt)))
         self.wrench_window: deque[np.ndarray] = deque(maxlen=config.wrench_window)
-        self.wrench_offset = np.zeros(6)
         self.wrench_noise_std = 0.0
         self.rng = np.random.default_rng(0)
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
@@ -119,11 +118,14 @@ class SimulatedFranka:
     def time(self) -> float:
         return float(self.data.time)
 
+    def _tcp_orientation(self, data: mujoco.MjData) -> np.ndarray:
+        mujoco.mju_mat2Quat(self._quat_wxyz, data.site_xmat[self._tcp])
+        w, x, y, z = self._quat_wxyz.tolist()
+        return np.array([x, y, z, w])
+
     def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """Tool centre point position and orientation (x y z w) from the current kinematics."""
-        mujoco.mju_mat2Quat(self._quat_wxyz, self.data.site_xmat[self._tcp])
-        w, x, y, z = self._quat_wxyz
-        return self.data.site_xpos[self._tcp].copy(), np.array([x, y, z, w])
+        return self.data.site_xpos[self._tcp].copy(), self._tcp_orientation(self.data)
 
     def arm_state(self) -> ArmState:
         """The law's inputs; valid after mj_forward or mj_step1 (positions and velocities computed)."""
@@ -151,7 +153,7 @@ class SimulatedFranka:
         com = rot.T @ (d.subtree_com[self._tool_body] - d.site_xpos[self._ft_site])
         force = -d.sensordata[self._force_adr : self._force_adr + 3] - weight
         torque = -d.sensordata[self._torque_adr : self._torque_adr + 3] - np.cross(com, weight)
-        wrench = np.concatenate([force, torque]) + self.wrench_offset
+        wrench = np.concatenate([force, torque])
         if self.wrench_noise_std > 0.0:
             wrench = wrench + self.rng.normal(0.0, self.wrench_noise_std, 6)
         return wrench
@@ -212,10 +214,8 @@ class SimulatedFranka:
         for _ in range(iterations):
             mujoco.mj_kinematics(self.model, data)
             mujoco.mj_comPos(self.model, data)
-            mujoco.mju_mat2Quat(self._quat_wxyz, data.site_xmat[self._tcp])
-            w, x, y, z = self._quat_wxyz
             error = np.concatenate(
-                [position - data.site_xpos[self._tcp], orientation_error(orientation, np.array([x, y, z, w]))]
+                [position - data.site_xpos[self._tcp], orientation_error(orientation, self._tcp_orientation(data))]
             )
             if np.linalg.norm(error) < 1e-6:
                 break
