@@ -21,25 +21,35 @@ from msdp.provenance import provenance  # noqa: E402
 from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv  # noqa: E402
 
 FRAME_SIZE = 160
+SEAT_STEPS = 8  # after insertion, press the peg onto the hole's floor: the wrist sensor shows the contact
 
 
 def run_episode(env: FrankaTaskEnv, seed: int, record: bool) -> dict:
     """One scripted episode; with ``record``, the time series and camera frames for the report."""
     obs, _ = env.reset(seed=seed)
     trace: dict[str, list] = {"time": [], "position": [], "force": [], "frames": [], "frames_64": []}
-    terminated = truncated = False
-    while not (terminated or truncated):
-        obs, _, terminated, truncated, info = env.step(env.scripted_action())
+
+    def remember(obs: dict[str, np.ndarray]) -> None:
         if record:
             trace["time"].append(env.sim.time)
             trace["position"].append(obs["ee_pose"][:3])
             trace["force"].append(obs["wrench"][-1, :3])
             trace["frames"].append(env.sim.render(width=FRAME_SIZE, height=FRAME_SIZE))
             trace["frames_64"].append(obs["image"])
-    return {"success": bool(info["success"]), "steps": env.steps, "trace": trace}
+
+    terminated = truncated = False
+    while not (terminated or truncated):
+        obs, _, terminated, truncated, info = env.step(env.scripted_action())
+        remember(obs)
+    result = {"success": bool(info["success"]), "steps": env.steps, "trace": trace, "inserted_at": env.sim.time}
+    if record and info["success"]:
+        for _ in range(SEAT_STEPS):
+            obs, *_ = env.step(np.array([0.0, 0.0, -0.5, 0.0]))
+            remember(obs)
+    return result
 
 
-def plot_report(trace: dict, path: Path) -> None:
+def plot_report(trace: dict, inserted_at: float, path: Path) -> None:
     time = np.array(trace["time"])
     position = np.array(trace["position"])
     force = np.array(trace["force"])
@@ -47,6 +57,9 @@ def plot_report(trace: dict, path: Path) -> None:
     for axis, label in enumerate("xyz"):
         ax_pos.plot(time, position[:, axis], label=f"tool {label}")
         ax_force.plot(time, force[:, axis], label=f"F{label}")
+    if inserted_at < time[-1]:
+        for ax in (ax_pos, ax_force):
+            ax.axvspan(inserted_at, time[-1], color="0.9", label="peg seated on the hole floor")
     ax_pos.set_ylabel("position [m]")
     ax_pos.set_title("Scripted peg insertion under Cartesian impedance control (simulated FR3)")
     ax_force.set_ylabel("wrist force on tool [N]\n(sensor frame, z = tool axis)")
@@ -86,7 +99,7 @@ def run_demo(out: Path, seed: int = 0, episodes: int = 5) -> dict:
     finally:
         env.close()
     trace = results[0]["trace"]
-    plot_report(trace, out / "report.png")
+    plot_report(trace, results[0]["inserted_at"], out / "report.png")
     frame_strip(trace, out / "frames.png")
     summary = {
         "task": config.task.name,

@@ -22,6 +22,7 @@ PEG_SIDE = 0.0346  # m, equilateral triangle (inradius 10 mm)
 PEG_LENGTH = 0.06
 HOLE_CLEARANCE = 0.003  # m, on the inradius
 HOLE_DEPTH = 0.04
+FIXTURE_BASE = 0.02  # m of solid block under the hole: its floor is inside the workspace box
 ROUND_PEG_RADIUS = 0.012
 ROUND_PEG_LENGTH = 0.08
 
@@ -112,17 +113,22 @@ class PegInsertion(Task):
                 f'size="{wall / 2} {half_length} {HOLE_DEPTH / 2}" euler="0 0 {angle}" '
                 f'pos="{centre * math.cos(angle):.6f} {centre * math.sin(angle):.6f} {HOLE_DEPTH / 2}"/>'
             )
-        return f'<body name="fixture" pos="0.5 0 0">{"".join(walls)}<site name="hole" size="0.004"/></body>'
+        base = (
+            f'<geom name="fixture_base" type="box" class="object" rgba="0.25 0.45 0.75 1" '
+            f'size="0.07 0.07 {FIXTURE_BASE / 2}" pos="0 0 {-FIXTURE_BASE / 2}"/>'
+        )
+        # The body's origin is the centre of the hole's floor; privileged_state reports it as hole_position.
+        return f'<body name="fixture" pos="0.5 0 {FIXTURE_BASE}">{base}{"".join(walls)}</body>'
 
     def randomize(self, sim, rng, config):
         fixture = sim.model.body("fixture").id
         hole_xy = np.array([0.5, 0.0]) + rng.uniform(-0.08, 0.08, 2)
         hole_yaw = rng.uniform(-config.hole_yaw_range, config.hole_yaw_range)
-        sim.model.body_pos[fixture] = [hole_xy[0], hole_xy[1], 0.0]
+        sim.model.body_pos[fixture] = [hole_xy[0], hole_xy[1], FIXTURE_BASE]
         sim.model.body_quat[fixture] = [math.cos(hole_yaw / 2), 0.0, 0.0, math.sin(hole_yaw / 2)]
         for index in range(3):
             sim.model.geom_friction[sim.model.geom(f"hole_wall{index}").id, 0] = 0.8 * config.object_friction_scale
-        start = np.array([hole_xy[0], hole_xy[1], HOLE_DEPTH]) + np.array(
+        start = np.array([hole_xy[0], hole_xy[1], FIXTURE_BASE + HOLE_DEPTH]) + np.array(
             [*rng.uniform(-0.06, 0.06, 2), rng.uniform(0.04, 0.1)]
         )
         return start, DOWN.copy()
@@ -143,7 +149,7 @@ class PegInsertion(Task):
         hole = self.privileged_state(sim)["hole_position"]
         goal = hole + np.array([0.0, 0.0, HOLE_DEPTH - self.success_depth - 0.005])
         lateral = float(np.linalg.norm(tip[:2] - hole[:2]))
-        depth = HOLE_DEPTH - tip[2]
+        depth = hole[2] + HOLE_DEPTH - tip[2]
         success = depth >= self.success_depth and lateral < PEG_SIDE / (2 * math.sqrt(3)) + HOLE_CLEARANCE
         reward = -float(np.linalg.norm(tip - goal)) - 0.05 * abs(self.yaw_error(sim))
         return Score(reward, bool(success), False)
