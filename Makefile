@@ -19,7 +19,7 @@ test-slow: env
 	$(PY) -m pytest -q -m slow test
 
 lint: env
-	.venv/bin/ruff check src test bench
+	.venv/bin/ruff check src test bench launch
 
 bench: env
 	$(PY) bench/sim_env.py

@@ -1,0 +1,52 @@
+"""The msdp node graph on a real or a simulated Franka.
+
+    ros2 launch msdp msdp.launch.py                                          # simulated FR3 (MuJoCo)
+    ros2 launch msdp msdp.launch.py backend:=libfranka robot_ip:=172.16.0.2  # real FR3
+    ... rviz:=true task:=peg|push_cube|close_drawer
+
+The simulated arm publishes /clock and stamps with simulated time, so rviz follows it with use_sim_time.
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, PythonExpression
+from launch_ros.actions import Node
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = get_package_share_directory("msdp")
+    backend = LaunchConfiguration("backend")
+    simulated = PythonExpression(["'", backend, "' == 'mujoco'"])
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument("backend", default_value="mujoco", description="mujoco | libfranka"),
+            DeclareLaunchArgument("robot_ip", default_value="172.16.0.2", description="FCI address (libfranka)"),
+            DeclareLaunchArgument("task", default_value="peg", description="scene: peg | push_cube | close_drawer"),
+            DeclareLaunchArgument("rviz", default_value="false", description="start rviz2 with config/msdp.rviz"),
+            Node(
+                package="msdp",
+                executable="driver_node",
+                name="franka_driver",
+                output="screen",
+                parameters=[
+                    os.path.join(share, "config", "driver.yaml"),
+                    {
+                        "backend": backend,
+                        "libfranka.robot_ip": LaunchConfiguration("robot_ip"),
+                        "task.name": LaunchConfiguration("task"),
+                    },
+                ],
+            ),
+            Node(
+                package="rviz2",
+                executable="rviz2",
+                arguments=["-d", os.path.join(share, "config", "msdp.rviz")],
+                parameters=[{"use_sim_time": simulated}],
+                condition=IfCondition(LaunchConfiguration("rviz")),
+            ),
+        ]
+    )
