@@ -138,6 +138,16 @@ def test_bad_parameters_stop_the_node_with_an_error_naming_them(override, messag
     assert message in result.stderr
 
 
+def test_an_unreachable_robot_stops_the_node_with_an_error_naming_it():
+    params = ["-p", "backend:=libfranka", "-p", "libfranka.robot_ip:=127.0.0.77", "-p", "libfranka.realtime:=ignore"]
+    result = subprocess.run(
+        [sys.executable, "-m", DRIVER, "--ros-args", *params], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "cannot start the robot backend" in result.stderr and "127.0.0.77" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.franka_sim
 def test_driver_node_drives_the_libfranka_backend_against_franka_sim(tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray

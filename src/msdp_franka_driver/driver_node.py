@@ -86,7 +86,11 @@ class FrankaDriverNode(Node):
             raise
         self.backend = make_backend(self.config)
         self.simulated = self.config.backend == "mujoco"
-        self.backend.start()
+        try:
+            self.backend.start()
+        except (RuntimeError, TimeoutError):
+            super().destroy_node()
+            raise
         self.target: PoseStamped | None = None
 
         self.joint_pub = self.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
@@ -268,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"franka_driver: invalid parameter: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"franka_driver: cannot start the robot backend: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
