@@ -176,5 +176,12 @@ def test_driver_node_drives_the_libfranka_backend_against_franka_sim(tmp_path):
                 values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
                 assert values["phase"] == "running" and values["aborts"] == "0"
                 assert 0.5 < float(values["period_p50_ms"]) < 1.5
+
+                client = probe.node.create_client(Trigger, "/franka_driver/reset")
+                assert client.wait_for_service(timeout_sec=10.0)
+                future = client.call_async(Trigger.Request())
+                assert probe.spin_until(future.done, 10.0) and future.result().success
+                probe.spin_for(3.0)  # no targets from us: the driver streams the start pose itself
+                assert np.linalg.norm(probe.position() - start) < 0.003
             finally:
                 probe.close()

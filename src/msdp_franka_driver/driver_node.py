@@ -41,6 +41,7 @@ from msdp_franka_driver.tasks import TaskConfig
 BASE_FRAME = "fr3_link0"
 FT_FRAME = "ft_sensor"
 CAMERA_FRAME = "third_person_camera"
+RETURN_TOLERANCE = 0.002  # m: ~/reset on the real arm is done this close to the start pose
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,9 @@ class FrankaDriverNode(Node):
             super().destroy_node()
             raise
         self.target: PoseStamped | None = None
+        start = self.backend.snapshot()
+        self.start_pose = (start.position.copy(), start.orientation.copy())  # where ~/reset returns the real arm
+        self.returning = False
 
         self.joint_pub = self.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
         self.pose_pub = self.create_publisher(PoseStamped, "/franka/ee_pose", qos_profile_sensor_data)
@@ -122,6 +126,9 @@ class FrankaDriverNode(Node):
         if self.simulated:
             self.backend.advance(self.config.real_time_factor / self.config.state_rate)
         snapshot = self.backend.snapshot()
+        if self.returning:  # stream the start pose (the watchdog stays quiet) until the arm is there
+            self.backend.set_target(*self.start_pose)
+            self.returning = np.linalg.norm(snapshot.position - self.start_pose[0]) > RETURN_TOLERANCE
         now = self.now_msg(snapshot)
         if self.simulated:
             self.clock_pub.publish(Clock(clock=now))
@@ -159,14 +166,17 @@ class FrankaDriverNode(Node):
             )
             return
         self.target = msg
+        self.returning = False
 
     def on_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        reset = getattr(self.backend, "reset", None)
-        if reset is None:
-            response.success, response.message = False, "reset is not available for this backend"
+        """Simulation: re-randomise the scene. Real arm: move back to the pose it had at start-up."""
+        self.target = None
+        if self.simulated:
+            response.success, response.message = True, self.backend.reset()
         else:
-            response.success, response.message = True, reset()
-            self.target = None
+            self.returning = True
+            position = ", ".join(f"{v:.3f}" for v in self.start_pose[0])
+            response.success, response.message = True, f"returning to the start pose ({position}) m"
         return response
 
     def on_recover(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
