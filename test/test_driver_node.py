@@ -55,6 +55,14 @@ class DriverProbe(Probe):
         o.x, o.y, o.z, o.w = orientation or self.orientation
         self.target_pub.publish(msg)
 
+    def call_reset(self) -> Trigger.Response:
+        """Call the driver's ~/reset service and wait for its answer."""
+        client = self.node.create_client(Trigger, "/franka_driver/reset")
+        assert client.wait_for_service(timeout_sec=10.0)
+        future = client.call_async(Trigger.Request())
+        assert self.spin_until(future.done, 10.0)
+        return future.result()
+
     def stream(self, position, seconds: float, rate: float = 20.0) -> None:
         for _ in range(int(seconds * rate)):
             self.send(position)
@@ -112,12 +120,9 @@ def test_a_non_finite_target_is_rejected_with_a_warning_and_the_pose_stays(drive
 
 def test_reset_service_re_randomises_and_answers(driver):
     probe, _, _ = driver
-    client = probe.node.create_client(Trigger, "/franka_driver/reset")
-    assert client.wait_for_service(timeout_sec=10.0)
     before = probe.position().copy()
-    future = client.call_async(Trigger.Request())
-    assert probe.spin_until(future.done, 10.0)
-    assert future.result().success and "reset" in future.result().message
+    response = probe.call_reset()
+    assert response.success and "reset" in response.message
     probe.spin_for(0.5)
     assert np.linalg.norm(probe.position() - before) > 0.005  # a new scene, a new start pose
 
@@ -177,10 +182,7 @@ def test_driver_node_drives_the_libfranka_backend_against_franka_sim(tmp_path):
                 assert values["phase"] == "running" and values["aborts"] == "0"
                 assert 0.5 < float(values["period_p50_ms"]) < 1.5
 
-                client = probe.node.create_client(Trigger, "/franka_driver/reset")
-                assert client.wait_for_service(timeout_sec=10.0)
-                future = client.call_async(Trigger.Request())
-                assert probe.spin_until(future.done, 10.0) and future.result().success
+                assert probe.call_reset().success
                 probe.spin_for(3.0)  # no targets from us: the driver streams the start pose itself
                 assert np.linalg.norm(probe.position() - start) < 0.003
             finally:

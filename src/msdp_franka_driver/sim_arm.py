@@ -27,9 +27,10 @@ class MujocoArm:
 
     def reset(self) -> str:
         """Re-randomise the scene (a new seed each time) and put the arm at the task's start pose."""
-        self.env.reset(seed=self.seed + self.episode)
+        seed = self.seed + self.episode
+        self.env.reset(seed=seed)
         self.episode += 1
-        return f"scene '{self.env.task.name}' reset (episode {self.episode}, seed {self.seed + self.episode - 1})"
+        return f"scene '{self.env.task.name}' reset (episode {self.episode}, seed {seed})"
 
     def advance(self, seconds: float) -> None:
         """Step physics (and the control law) by ``seconds`` of simulated time."""
