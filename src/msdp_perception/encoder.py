@@ -1,0 +1,91 @@
+"""The frozen MSDP encoder at run time: one ``Observation`` in, token embeddings and the pooled vector out.
+
+Shared by the encoder node and the in-process training loop, so both see identical features. The packed
+layout below is what ``/msdp/embedding`` carries (a ``sensor_msgs/Image``, encoding ``32FC1``):
+
+    rows 0 .. n_tokens-1   one token embedding per row, in the model's token order
+                           (vision tokens row-major over the grid, then F/T, then proprioception);
+                           the row of a masked (absent) token is all NaN
+    row  n_tokens          the pooled vector the actor uses
+    width                  the token width D (128 by default)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from msdp_perception.checkpoint import load_encoder
+from msdp_perception.model import MSDPModel
+from msdp_perception.observation import MODALITIES, Observation
+
+
+@dataclass
+class EncodedObservation:
+    tokens: np.ndarray  # (n_tokens, D) float32, zeros where masked
+    token_present: np.ndarray  # (n_tokens,) bool
+    pooled: np.ndarray  # (D,) float32
+
+
+def pack_embedding(encoded: EncodedObservation) -> np.ndarray:
+    """(n_tokens + 1, D) float32 rows as documented above."""
+    rows = np.vstack([encoded.tokens, encoded.pooled[None]]).astype(np.float32)
+    rows[:-1][~encoded.token_present] = np.nan
+    return rows
+
+
+def unpack_embedding(rows: np.ndarray) -> EncodedObservation:
+    rows = np.asarray(rows, dtype=np.float32)
+    present = ~np.isnan(rows[:-1]).any(axis=1)
+    return EncodedObservation(np.where(present[:, None], rows[:-1], 0.0), present, rows[-1].copy())
+
+
+class FrozenEncoder:
+    """An encoder checkpoint in eval mode, fed with raw ``Observation``s (normalisation is inside the model)."""
+
+    def __init__(self, model: MSDPModel):
+        self.model = model.eval().requires_grad_(False)
+        self.config = model.config
+
+    @classmethod
+    def load(cls, checkpoint: str | Path) -> FrozenEncoder:
+        model, _ = load_encoder(checkpoint)
+        return cls(model)
+
+    def _tensors(self, observations: list[Observation]) -> dict[str, torch.Tensor]:
+        return {
+            "image": torch.from_numpy(np.stack([o.image for o in observations])),
+            "wrench": torch.from_numpy(np.stack([o.wrench for o in observations]).astype(np.float32)),
+            "proprio": torch.from_numpy(np.stack([o.proprio for o in observations]).astype(np.float32)),
+            "present": torch.tensor([[o.present[m] for m in MODALITIES] for o in observations]),
+        }
+
+    @torch.no_grad()
+    def encode(self, observation: Observation) -> EncodedObservation:
+        if not any(observation.present.values()):
+            raise ValueError("every sensor is masked: nothing to encode")
+        b = self._tensors([observation])
+        out = self.model.embed(b["image"], b["wrench"], b["proprio"], b["present"])
+        return EncodedObservation(out.tokens[0].numpy(), out.token_present[0].numpy(), out.pooled[0].numpy())
+
+    @torch.no_grad()
+    def reconstruction_panel(self, observation: Observation, seed: int = 0) -> np.ndarray:
+        """Camera | encoder input with the pretraining mask (grey = masked) | decoded image, side by side (rgb8).
+
+        MSDP-P checkpoints decode the next frame; they get the mean action (normalised zero).
+        """
+        c = self.config
+        b = self._tensors([observation])
+        b["action"] = self.model.normalizer.action_mean[None].clone()
+        keep = self.model.random_keep(b["present"], torch.Generator().manual_seed(seed))
+        tokens = self.model.tokenize(b["image"], b["wrench"], b["proprio"])
+        latents, ids, valid = self.model.encode_tokens(tokens, keep)
+        action = b["action"] if c.objective == "prediction" else None
+        decoded = self.model.unpatchify(self.model.decode(latents, ids, valid, action)["vision"])[0].numpy()
+        patch_keep = keep[0, : c.vision_tokens].reshape(c.vision_grid, c.vision_grid).numpy()
+        pixel_keep = patch_keep.repeat(c.patch_size, 0).repeat(c.patch_size, 1)[..., None]
+        masked = np.where(pixel_keep, observation.image, 128).astype(np.uint8)
+        return np.hstack([observation.image, masked, decoded])

@@ -1,0 +1,191 @@
+"""Encoder node: sensor topics in, frozen MSDP embeddings out, at a fixed rate.
+
+subscribes  /camera/image_raw (sensor_msgs/Image), /ft_sensor/wrench (geometry_msgs/WrenchStamped),
+            /joint_states (sensor_msgs/JointState)                         [sensor-data QoS]
+publishes   /msdp/embedding (sensor_msgs/Image, 32FC1, reliable): the layout documented in
+            ``msdp_perception.encoder`` -- one row per token (NaN row = masked sensor), last row pooled;
+            header.stamp = the time the observation describes, frame_id ``msdp_embedding``
+            /msdp/reconstruction (sensor_msgs/Image, rgb8): camera | masked input | decoded, for rviz
+            /diagnostics: which sensors are masked and why, encode latency
+Each tick (``rate``, 10 Hz) assembles the observation with the sync rule of ``msdp_perception.observation``;
+a missing, stale or non-finite sensor is masked, reported on /diagnostics and in a throttled warning,
+and the embedding keeps flowing from the remaining sensors.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import WrenchStamped
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+
+from msdp.config import ConfigError, param_range
+from msdp.ros_params import declare_config
+from msdp_perception.checkpoint import CheckpointError
+from msdp_perception.encoder import FrozenEncoder, pack_embedding
+from msdp_perception.messages import (
+    SensorDataError,
+    image_from_msg,
+    proprio_from_joint_state,
+    stamp_seconds,
+    wrench_from_msg,
+)
+from msdp_perception.observation import MODALITIES, Observation, SensorSynchronizer, SyncConfig
+
+EMBEDDING_FRAME = "msdp_embedding"
+
+
+@dataclass(frozen=True)
+class EncoderNodeConfig:
+    checkpoint: str = field(default="", metadata={"doc": "encoder checkpoint (.safetensors with its .json)"})
+    rate: float = field(default=10.0, metadata=param_range(0.1, 100.0, "Hz, observations encoded"))
+    reconstruction_rate: float = field(default=1.0, metadata=param_range(0.0, 30.0, "Hz, rviz preview; 0 = off"))
+    image_topic: str = "/camera/image_raw"
+    wrench_topic: str = "/ft_sensor/wrench"
+    joint_topic: str = "/joint_states"
+    sync: SyncConfig = field(default_factory=SyncConfig)
+
+    def check(self, prefix: str = "") -> None:
+        if not self.checkpoint:
+            raise ConfigError(f"parameter '{prefix}checkpoint' is required (an encoder from `msdp pretrain`)")
+
+
+def image_msg(array: np.ndarray, encoding: str, stamp, frame_id: str) -> Image:
+    msg = Image(height=array.shape[0], width=array.shape[1], encoding=encoding, is_bigendian=0)
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    msg.step = array.strides[0]
+    msg.data = np.ascontiguousarray(array).tobytes()
+    return msg
+
+
+class EncoderNode(Node):
+    def __init__(self):
+        super().__init__("msdp_encoder")
+        try:
+            self.config = declare_config(self, EncoderNodeConfig)
+            self.encoder = FrozenEncoder.load(self.config.checkpoint)
+        except (ConfigError, CheckpointError):
+            super().destroy_node()
+            raise
+        model = self.encoder.config
+        if (model.image_size, model.ft_window) != (self.config.sync.image_size, self.config.sync.ft_window):
+            super().destroy_node()
+            raise ConfigError(
+                f"parameters 'sync.image_size/ft_window' ({self.config.sync.image_size}, {self.config.sync.ft_window})"
+                f" must match the checkpoint's ({model.image_size}, {model.ft_window})"
+            )
+        self.sync = SensorSynchronizer(self.config.sync)
+        self.latencies: deque[float] = deque(maxlen=200)
+        self.published = 0
+        self.masked_reasons: dict[str, str] = {}
+        self.last_observation: Observation | None = None
+        self.bad_messages: dict[str, str] = {}
+
+        c = self.config
+        self.create_subscription(Image, c.image_topic, self.on_image, qos_profile_sensor_data)
+        self.create_subscription(WrenchStamped, c.wrench_topic, self.on_wrench, qos_profile_sensor_data)
+        self.create_subscription(JointState, c.joint_topic, self.on_joints, qos_profile_sensor_data)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.embedding_pub = self.create_publisher(Image, "/msdp/embedding", reliable)
+        self.reconstruction_pub = self.create_publisher(Image, "/msdp/reconstruction", 1)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0 / c.rate, self.on_tick)
+        if c.reconstruction_rate > 0:
+            self.create_timer(1.0 / c.reconstruction_rate, self.on_reconstruction)
+        self.create_timer(1.0, self.publish_diagnostics)
+        self.get_logger().info(f"encoder up: {c.checkpoint}, {model.n_tokens} tokens x {model.width}, {c.rate} Hz")
+
+    # -- sensor callbacks: decode, or remember why a message was refused ----------------------------
+    def _decode(self, topic: str, decode) -> None:
+        try:
+            decode()
+            self.bad_messages.pop(topic, None)
+        except SensorDataError as exc:
+            self.bad_messages[topic] = str(exc)
+            self.get_logger().warning(f"{topic}: {exc}", throttle_duration_sec=5.0)
+
+    def on_image(self, msg: Image) -> None:
+        size = self.config.sync.image_size
+        self._decode(
+            self.config.image_topic, lambda: self.sync.add_image(stamp_seconds(msg.header), image_from_msg(msg, size))
+        )
+
+    def on_wrench(self, msg: WrenchStamped) -> None:
+        self._decode(
+            self.config.wrench_topic, lambda: self.sync.add_wrench(stamp_seconds(msg.header), wrench_from_msg(msg))
+        )
+
+    def on_joints(self, msg: JointState) -> None:
+        self._decode(
+            self.config.joint_topic,
+            lambda: self.sync.add_joint_state(stamp_seconds(msg.header), proprio_from_joint_state(msg)),
+        )
+
+    # -- the fixed-rate tick ------------------------------------------------------------------------
+    def on_tick(self) -> None:
+        now = self.get_clock().now()
+        observation = self.sync.observe(now.nanoseconds * 1e-9)
+        self.masked_reasons = observation.reasons
+        if observation.reasons:
+            detail = "; ".join(f"{m}: {r}" for m, r in observation.reasons.items())
+            self.get_logger().warning(f"masking {detail}", throttle_duration_sec=5.0)
+        if not any(observation.present.values()):
+            return
+        started = time.perf_counter()
+        rows = pack_embedding(self.encoder.encode(observation))
+        self.latencies.append(time.perf_counter() - started)
+        self.embedding_pub.publish(image_msg(rows, "32FC1", now.to_msg(), EMBEDDING_FRAME))
+        self.published += 1
+        self.last_observation = observation
+
+    def on_reconstruction(self) -> None:
+        observation = self.last_observation
+        if observation is None or not observation.present["vision"]:
+            return
+        panel = self.encoder.reconstruction_panel(observation, seed=self.published)
+        self.reconstruction_pub.publish(image_msg(panel, "rgb8", self.get_clock().now().to_msg(), EMBEDDING_FRAME))
+
+    def publish_diagnostics(self) -> None:
+        status = DiagnosticStatus(name="msdp_encoder: sensors", hardware_id="msdp_encoder")
+        problems = {**{m: f"masked ({r})" for m, r in self.masked_reasons.items()}, **self.bad_messages}
+        status.level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
+        status.message = "; ".join(f"{k}: {v}" for k, v in problems.items()) or "all sensors present"
+        latency = np.array(self.latencies) * 1e3 if self.latencies else np.zeros(1)
+        status.values = [KeyValue(key=f"{m}_masked", value=str(m in self.masked_reasons)) for m in MODALITIES] + [
+            KeyValue(key="embeddings_published", value=str(self.published)),
+            KeyValue(key="encode_ms_p50", value=f"{np.percentile(latency, 50):.2f}"),
+            KeyValue(key="encode_ms_p99", value=f"{np.percentile(latency, 99):.2f}"),
+        ]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_pub.publish(array)
+
+
+def main(argv: list[str] | None = None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    try:
+        node = EncoderNode()
+    except (ConfigError, CheckpointError) as exc:
+        print(f"msdp_encoder: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Offline MSDP pretraining from rosbags: ``msdp pretrain --bags DIR... --objective reconstruction|prediction``.
+
+Writes to the output folder: ``encoder.safetensors`` + ``encoder.json`` (the checkpoint, refreshed at every
+validation), ``metrics.csv`` (train and held-out loss per modality against the step), ``curves.png``,
+``preview.png`` (held-out originals next to reconstructions, F/T and joint traces) and ``summary.json``
+(final losses and the fusion check: how well each low-dimensional sensor is predicted from the others).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from msdp.config import ConfigError, param_range, to_dict
+from msdp_perception.checkpoint import save_encoder
+from msdp_perception.dataset import BagDataset
+from msdp_perception.model import MSDPConfig, MSDPModel
+from msdp_perception.observation import MODALITIES, SyncConfig
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Optimisation settings; the paper's are batch 64, learning rate 3e-4, 30,000 updates (simulation)."""
+
+    model: MSDPConfig = field(default_factory=MSDPConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    steps: int = field(default=30000, metadata=param_range(1, 10_000_000, "updates"))
+    batch_size: int = field(default=64, metadata=param_range(1, 4096, "samples per update"))
+    lr: float = field(default=3e-4, metadata=param_range(1e-6, 1e-1, "AdamW peak learning rate"))
+    weight_decay: float = field(default=0.05, metadata=param_range(0.0, 1.0, "AdamW, not stated in the paper"))
+    warmup_steps: int = field(default=500, metadata=param_range(0, 1_000_000, "linear warm-up, then cosine decay"))
+    val_fraction: float = field(default=0.1, metadata=param_range(0.0, 0.5, "held-out share of the samples"))
+    val_block: int = field(default=100, metadata=param_range(1, 100_000, "samples per contiguous held-out block"))
+    val_every: int = field(default=1000, metadata=param_range(1, 10_000_000, "updates between validations"))
+    val_samples: int = field(default=1024, metadata=param_range(16, 1_000_000, "held-out samples per validation"))
+    seed: int = field(default=0, metadata=param_range(0, 2**31 - 1))
+
+    def check(self, prefix: str = "") -> None:
+        if self.model.image_size != self.sync.image_size or self.model.ft_window != self.sync.ft_window:
+            raise ConfigError(
+                f"parameters '{prefix}model.image_size/ft_window' ({self.model.image_size}, {self.model.ft_window}) "
+                f"must equal '{prefix}sync.image_size/ft_window' ({self.sync.image_size}, {self.sync.ft_window})"
+            )
+
+
+def find_bags(paths: list[Path]) -> list[Path]:
+    """Each path is a bag folder (it has metadata.yaml or a .mcap/.db3 file) or a folder of bag folders."""
+
+    def is_bag(p: Path) -> bool:
+        return p.is_dir() and any((p / "metadata.yaml").exists() or f.suffix in (".mcap", ".db3") for f in p.iterdir())
+
+    bags: list[Path] = []
+    for path in map(Path, paths):
+        if is_bag(path):
+            bags.append(path)
+        elif path.is_dir() and (inner := sorted(p for p in path.iterdir() if is_bag(p))):
+            bags += inner
+        else:
+            raise FileNotFoundError(f"{path}: not a rosbag2 folder, nor a folder of them")
+    return bags
+
+
+class SampleSource:
+    """Batches of tensors drawn from a ``BagDataset`` (with the successor sample for MSDP-P)."""
+
+    def __init__(self, dataset: BagDataset, indices: np.ndarray):
+        self.dataset, self.indices = dataset, indices
+
+    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        d = self.dataset
+        out = {
+            "image": torch.from_numpy(d.images[idx]),
+            "wrench": torch.from_numpy(d.wrench[idx]),
+            "proprio": torch.from_numpy(d.proprio[idx]),
+            "present": torch.from_numpy(d.present[idx]),
+            "action": torch.from_numpy(np.nan_to_num(d.actions[idx])),
+        }
+        nxt = np.where(d.next_index[idx] >= 0, d.next_index[idx], idx)
+        out.update(
+            next_image=torch.from_numpy(d.images[nxt]),
+            next_wrench=torch.from_numpy(d.wrench[nxt]),
+            next_proprio=torch.from_numpy(d.proprio[nxt]),
+            next_present=torch.from_numpy(d.present[nxt]),
+        )
+        return out
+
+    def sample(self, rng: np.random.Generator, size: int) -> dict[str, torch.Tensor]:
+        return self.batch(self.indices[rng.integers(len(self.indices), size=size)])
+
+
+def split_indices(
+    dataset: BagDataset, config: PretrainConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and held-out sample indices, held out in contiguous blocks so neighbouring frames do not leak."""
+    usable = np.arange(len(dataset))
+    if config.model.objective == "prediction":
+        usable = usable[dataset.next_index[usable] >= 0]
+        if len(usable) == 0:
+            raise ValueError("the prediction objective needs recorded actions (/msdp/action); the bags have none")
+    if len(usable) < 2:
+        raise ValueError(f"only {len(usable)} usable samples in the bags; pretraining needs more")
+    blocks = usable // config.val_block
+    unique = np.unique(blocks)
+    n_val = min(len(unique) - 1, round(len(unique) * config.val_fraction)) if config.val_fraction > 0 else 0
+    held_out = rng.choice(unique, size=n_val, replace=False)
+    is_val = np.isin(blocks, held_out)
+    return usable[~is_val], usable[is_val]
+
+
+def fit_normalizer(model: MSDPModel, dataset: BagDataset, train: np.ndarray) -> None:
+    present = dataset.present[train]
+    stride = max(1, len(train) // 5000)
+    model.normalizer.fit(
+        dataset.images[train[::stride]],
+        dataset.wrench[train[present[:, 1]]],
+        dataset.proprio[train[present[:, 2]]],
+        dataset.actions[train],
+    )
+
+
+def learning_rate(step: int, config: PretrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def evaluate(model: MSDPModel, source: SampleSource, n: int, seed: int = 0) -> dict[str, float]:
+    """Held-out loss per modality with a fixed random mask (comparable across validations)."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    totals = {m: [0.0, 0.0] for m in MODALITIES}
+    for start in range(0, min(n, len(source.indices)), 256):
+        batch = source.batch(source.indices[start : min(start + 256, n)])
+        out = model(batch, keep=model.random_keep(batch["present"], generator))
+        for m in MODALITIES:
+            totals[m][0] += float(out[f"loss_{m}"]) * float(out[f"scored_{m}"])
+            totals[m][1] += float(out[f"scored_{m}"])
+    model.train()
+    losses = {f"val_{m}": s / max(w, 1.0) for m, (s, w) in totals.items()}
+    losses["val_loss"] = sum(losses.values()) / len(MODALITIES)
+    return losses
+
+
+@torch.no_grad()
+def fusion_check(model: MSDPModel, source: SampleSource, n: int) -> dict[str, dict[str, float]]:
+    """Mask one low-dimensional sensor and predict it from the others; compare with predicting the mean.
+
+    Errors are mean squared errors in normalised units on held-out samples where every sensor is present; the
+    mean predictor's error is the target's mean square (the normalisation centres on the training mean).
+    ``explained`` = 1 - model / mean: 0 means no better than the mean, 1 means exact.
+    """
+    model.eval()
+    d = source.dataset
+    complete = source.indices[d.present[source.indices].all(axis=1)][:n]
+    report: dict[str, dict[str, float]] = {}
+    if len(complete) == 0:
+        return report
+    for masked, modality in ((model.config.vision_tokens, "ft"), (model.config.vision_tokens + 1, "proprio")):
+        model_error = baseline = 0.0
+        for start in range(0, len(complete), 256):
+            batch = source.batch(complete[start : start + 256])
+            keep = torch.ones(len(batch["image"]), model.config.n_tokens, dtype=torch.bool)
+            keep[:, masked] = False
+            out = model(batch, keep=keep)
+            prefix = "next_" if model.config.objective == "prediction" else ""
+            target = model.targets(batch[f"{prefix}image"], batch[f"{prefix}wrench"], batch[f"{prefix}proprio"])
+            model_error += float((out["pred"][modality] - target[modality]).pow(2).mean(-1).sum())
+            baseline += float(target[modality].pow(2).mean(-1).sum())
+        model_error, baseline = model_error / len(complete), baseline / len(complete)
+        report[modality] = {"model_mse": model_error, "mean_mse": baseline, "explained": 1 - model_error / baseline}
+    model.train()
+    return report
+
+
+def pretrain(
+    bags: list[Path], out_dir: Path, config: PretrainConfig, cache_dir: Path | None = None, progress: bool = True
+) -> dict:
+    """Train an MSDP encoder on the bags; returns the summary also written to ``summary.json``."""
+    from msdp_perception.preview import plot_curves, plot_preview
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bag_paths = find_bags(bags)
+    dataset = BagDataset(bag_paths, sync=config.sync, cache_dir=cache_dir, progress=progress)
+    train_idx, val_idx = split_indices(dataset, config, rng)
+    train, val = SampleSource(dataset, train_idx), SampleSource(dataset, val_idx)
+    model = MSDPModel(config.model)
+    fit_normalizer(model, dataset, train_idx)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    preview_idx = val_idx[:: max(1, len(val_idx) // 4)][:4] if len(val_idx) else train_idx[:4]
+
+    training = {
+        "bags": [str(b) for b in bag_paths],
+        "samples": len(dataset),
+        "train": len(train_idx),
+        "held_out": len(val_idx),
+        "pretrain": to_dict(config),
+    }
+    rows: list[dict[str, float]] = []
+    running = {f"loss_{m}": 0.0 for m in MODALITIES}
+    started = time.monotonic()
+    bar = tqdm(range(config.steps), desc=f"pretrain {config.model.objective}", disable=not progress, unit="step")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
+        out = model(train.sample(rng, config.batch_size))
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        for key in running:
+            running[key] = 0.98 * running[key] + 0.02 * float(out[key]) if step else float(out[key])
+        bar.set_postfix(loss=f"{float(out['loss']):.3f}", refresh=False)
+        if (step + 1) % config.val_every == 0 or step + 1 == config.steps:
+            row = {"step": step + 1, "seconds": time.monotonic() - started, **running}
+            if len(val_idx):
+                row.update(evaluate(model, val, config.val_samples))
+            rows.append(row)
+            write_metrics(out_dir / "metrics.csv", rows)
+            plot_curves(rows, out_dir / "curves.png")
+            plot_preview(model, val if len(val_idx) else train, preview_idx, out_dir / "preview.png")
+            save_encoder(out_dir / "encoder", model, {**training, "steps": step + 1, "metrics": row})
+
+    fusion = fusion_check(model, val, config.val_samples) if len(val_idx) else {}
+    summary = {
+        **training,
+        "steps": config.steps,
+        "seconds": time.monotonic() - started,
+        "final": rows[-1],
+        "fusion": fusion,
+        "checkpoint": str(out_dir / "encoder.safetensors"),
+    }
+    save_encoder(out_dir / "encoder", model, summary)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[-1]))
+        writer.writeheader()
+        writer.writerows(rows)

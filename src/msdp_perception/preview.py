@@ -1,0 +1,79 @@
+"""Pretraining pictures: loss curves per modality, and held-out samples next to what the model made of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from msdp_perception.model import MSDPModel  # noqa: E402
+from msdp_perception.observation import MODALITIES  # noqa: E402
+
+FT_LABELS = ("fx", "fy", "fz", "tx", "ty", "tz")
+
+
+def plot_curves(rows: list[dict[str, float]], path: Path) -> None:
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, m in enumerate(MODALITIES):
+        ax.plot(steps, [r[f"loss_{m}"] for r in rows], color=f"C{i}", label=f"train {m}")
+        if f"val_{m}" in rows[0]:
+            ax.plot(steps, [r[f"val_{m}"] for r in rows], color=f"C{i}", ls="--", label=f"held-out {m}")
+    ax.set(xlabel="update", ylabel="MSE (normalised units)", yscale="log", title="MSDP pretraining loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def plot_preview(model: MSDPModel, source, indices: np.ndarray, path: Path, seed: int = 0) -> None:
+    """Per sample: encoder input (masked patches grey), target, prediction, F/T window and joint values."""
+    was_training = model.training
+    model.eval()
+    batch = source.batch(indices)
+    keep = model.random_keep(batch["present"], torch.Generator().manual_seed(seed))
+    out = model(batch, keep=keep)
+    prefix = "next_" if model.config.objective == "prediction" else ""
+    target = model.targets(batch[f"{prefix}image"], batch[f"{prefix}wrench"], batch[f"{prefix}proprio"])
+    predicted_image = model.unpatchify(out["pred"]["vision"]).numpy()
+    c = model.config
+    vision_keep = keep[:, : c.vision_tokens].reshape(-1, c.vision_grid, c.vision_grid).numpy()
+    pixel_keep = vision_keep.repeat(c.patch_size, 1).repeat(c.patch_size, 2)[..., None]
+    masked_input = np.where(pixel_keep, batch["image"].numpy(), 128).astype(np.uint8)
+
+    n = len(indices)
+    fig, axes = plt.subplots(n, 5, figsize=(13, 2.4 * n), squeeze=False)
+    titles = ("encoder input", "target" if prefix else "original", "prediction", "F/T window", "joints")
+    for row in range(n):
+        ax = axes[row]
+        for col, image in enumerate((masked_input[row], batch[f"{prefix}image"][row].numpy(), predicted_image[row])):
+            ax[col].imshow(image)
+            ax[col].axis("off")
+        ft_true = target["ft"][row].reshape(c.ft_window, 6).numpy()
+        ft_pred = out["pred"]["ft"][row].reshape(c.ft_window, 6).numpy()
+        for ch in range(6):
+            ax[3].plot(ft_true[:, ch], color=f"C{ch}", label=FT_LABELS[ch])
+            ax[3].plot(ft_pred[:, ch], color=f"C{ch}", ls="--")
+        ax[3].set_xlabel("reading (solid: true, dashed: predicted)", fontsize=7)
+        ft_seen = "seen" if keep[row, c.vision_tokens] else "masked"
+        ax[4].bar(np.arange(c.proprio_dim) - 0.2, target["proprio"][row].numpy(), 0.4, label="true")
+        ax[4].bar(np.arange(c.proprio_dim) + 0.2, out["pred"]["proprio"][row].numpy(), 0.4, label="predicted")
+        joints_seen = "seen" if keep[row, c.vision_tokens + 1] else "masked"
+        ax[3].set_title(f"F/T (normalised), token {ft_seen}", fontsize=8)
+        ax[4].set_title(f"q, dq (normalised), token {joints_seen}", fontsize=8)
+        if row == 0:
+            for col in range(3):
+                ax[col].set_title(titles[col], fontsize=8)
+            ax[3].legend(fontsize=6, ncol=3)
+            ax[4].legend(fontsize=6)
+    fig.suptitle(f"MSDP-{'P' if prefix else 'R'} on held-out samples ({c.mask_ratio:.0%} of tokens masked)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    model.train(was_training)
