@@ -26,6 +26,8 @@ setup(
         "console_scripts": [
             "msdp = msdp.cli:main",
             "driver_node = msdp_franka_driver.driver_node:main",
+            "recorder_node = msdp_perception.recorder_node:main",
+            "collect_node = msdp_perception.collect_node:main",
         ],
     },
 )

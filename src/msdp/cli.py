@@ -31,6 +31,31 @@ def _arm_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record(args: argparse.Namespace) -> int:
+    from msdp_perception.recorder_node import main
+
+    params = {"storage": args.storage, "use_sim_time": str(args.sim_time).lower()}
+    params.update({key: value for key, value in (("output", args.out), ("topics", args.topics)) if value})
+    return main(["--ros-args", *(a for key, value in params.items() for a in ("-p", f"{key}:={value}"))])
+
+
+def _collect_ros(args: argparse.Namespace) -> int:
+    from msdp_perception.collect_node import run_collection
+    from msdp_perception.dataset import BagDataset
+
+    out = Path(args.out)
+    if out.exists():
+        raise ConfigError(f"--out {out} already exists; a recording needs a new folder")
+    code = run_collection(out, args.episodes, args.task, args.real_time_factor, args.steps, args.seed)
+    if code != 0:
+        print(f"msdp collect-ros: the collection failed (exit {code}); partial bag in {out}", file=sys.stderr)
+        return code
+    dataset = BagDataset([out])
+    linked = int((dataset.next_index >= 0).sum())
+    print(f"collect-ros: {args.episodes} episodes recorded in {out}: {len(dataset)} samples, {linked} with an action")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msdp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     model = sub.add_parser("arm-model", help="write the FR3 arm MJCF (e.g. for franka-sim's FR3_MJCF)")
     model.add_argument("--out", default="fr3.xml")
     model.set_defaults(func=_arm_model)
+
+    record = sub.add_parser("record", help="record live ROS topics into a rosbag2 folder (MCAP), until Ctrl-C")
+    record.add_argument("--out", default="", help="new bag folder (default: bags/<date-time>)")
+    record.add_argument("--topics", default="", help="comma-separated topics (default: sensors, pose, target, action)")
+    record.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"))
+    record.add_argument("--sim-time", action="store_true", help="stamp with /clock (use_sim_time), for the sim arm")
+    record.set_defaults(func=_record)
+
+    collect = sub.add_parser("collect-ros", help="random-action episodes on the simulated arm over ROS, into a bag")
+    collect.add_argument("--out", required=True, help="new bag folder")
+    collect.add_argument("--episodes", type=int, default=10)
+    collect.add_argument("--steps", type=int, default=100, help="actions per episode (task.max_episode_steps)")
+    collect.add_argument("--task", default="peg", choices=("peg", "push_cube", "close_drawer"))
+    collect.add_argument("--real-time-factor", type=float, default=1.0, help="simulated s per wall s (up to 6)")
+    collect.add_argument("--seed", type=int, default=0, help="first scene seed and action seed")
+    collect.set_defaults(func=_collect_ros)
     return parser
 
 

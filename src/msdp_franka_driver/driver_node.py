@@ -16,7 +16,6 @@ import sys
 from dataclasses import dataclass, field
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PoseStamped, WrenchStamped
@@ -28,6 +27,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
 from msdp.config import ConfigError, param_range
+from msdp.ros_node import run_node
 from msdp.ros_params import declare_config
 from msdp_franka_driver.backend import ArmBackend, ArmSnapshot
 from msdp_franka_driver.control_law import ImpedanceConfig, SafetyConfig
@@ -49,8 +49,8 @@ class DriverConfig:
     """Driver node parameters; ``config/driver.yaml`` holds the same names."""
 
     backend: str = field(default="mujoco", metadata={"choices": ("mujoco", "libfranka")})
-    state_rate: float = field(default=100.0, metadata=param_range(1.0, 1000.0, "Hz, joint states and pose"))
-    camera_rate: float = field(default=10.0, metadata=param_range(0.0, 60.0, "Hz, simulated camera; 0 = off"))
+    state_rate: float = field(default=100.0, metadata=param_range(1.0, 1000.0, "Hz (simulated time), states, wrench"))
+    camera_rate: float = field(default=10.0, metadata=param_range(0.0, 60.0, "Hz (simulated time), camera; 0 = off"))
     marker_rate: float = field(default=5.0, metadata=param_range(0.0, 60.0, "Hz, rviz markers; 0 = off"))
     real_time_factor: float = field(default=1.0, metadata=param_range(0.01, 100.0, "simulated s per wall s"))
     seed: int = field(default=0, metadata=param_range(0, 2**31 - 1, "first scene seed (mujoco)"))
@@ -110,8 +110,8 @@ class FrankaDriverNode(Node):
             self.wrench_pub = self.create_publisher(WrenchStamped, "/ft_sensor/wrench", qos_profile_sensor_data)
             self.image_pub = self.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
             self.clock_pub = self.create_publisher(Clock, "/clock", 10)
-            if self.config.camera_rate > 0:
-                self.create_timer(1.0 / self.config.camera_rate, self.publish_image)
+            self.sim_time_owed = 0.0  # s of simulated time the wall clock is ahead by
+            self.next_camera_time = start.time
         self.create_timer(1.0 / self.config.state_rate, self.on_tick)
         if self.config.marker_rate > 0:
             self.create_timer(1.0 / self.config.marker_rate, self.publish_markers)
@@ -123,9 +123,23 @@ class FrankaDriverNode(Node):
 
     # -- callbacks -----------------------------------------------------------------------------
     def on_tick(self) -> None:
-        if self.simulated:
-            self.backend.advance(self.config.real_time_factor / self.config.state_rate)
-        snapshot = self.backend.snapshot()
+        """Real arm: publish its state. Simulation: run the simulated time owed since the last tick in steps of
+        one state period, publishing state (and camera frames when due) at simulated-time rates."""
+        if not self.simulated:
+            self.publish_state(self.backend.snapshot())
+            return
+        period = 1.0 / self.config.state_rate
+        self.sim_time_owed += self.config.real_time_factor * period
+        while self.sim_time_owed >= period / 2:
+            self.sim_time_owed -= period
+            self.backend.advance(period)
+            snapshot = self.backend.snapshot()
+            self.publish_state(snapshot)
+            if self.config.camera_rate > 0 and snapshot.time >= self.next_camera_time - 1e-6:
+                self.publish_image(snapshot)
+                self.next_camera_time += 1.0 / self.config.camera_rate
+
+    def publish_state(self, snapshot: ArmSnapshot) -> None:
         if self.returning:  # stream the start pose (the watchdog stays quiet) until the arm is there
             self.backend.set_target(*self.start_pose)
             self.returning = np.linalg.norm(snapshot.position - self.start_pose[0]) > RETURN_TOLERANCE
@@ -217,10 +231,10 @@ class FrankaDriverNode(Node):
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_pub.publish(array)
 
-    def publish_image(self) -> None:
+    def publish_image(self, snapshot: ArmSnapshot) -> None:
         image = self.backend.image()
         msg = Image(height=image.shape[0], width=image.shape[1], encoding="rgb8", step=3 * image.shape[1])
-        msg.header.stamp, msg.header.frame_id = self.now_msg(self.backend.snapshot()), CAMERA_FRAME
+        msg.header.stamp, msg.header.frame_id = self.now_msg(snapshot), CAMERA_FRAME
         msg.data = image.tobytes()
         self.image_pub.publish(msg)
 
@@ -275,26 +289,7 @@ class FrankaDriverNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    try:
-        node = FrankaDriverNode()
-    except ConfigError as exc:
-        print(f"franka_driver: invalid parameter: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    except (RuntimeError, TimeoutError) as exc:
-        print(f"franka_driver: cannot start the robot backend: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
-
+    return run_node("franka_driver", FrankaDriverNode, argv, startup_errors=(RuntimeError, TimeoutError))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -173,8 +173,12 @@ class SimulatedFranka:
 
     # -- motion --------------------------------------------------------------------------------
     def reset(self, q: np.ndarray) -> None:
-        """Put the arm at joint positions ``q`` at rest, holding that pose, and clear the F/T window."""
+        """Put the arm at joint positions ``q`` at rest, holding that pose, and clear the F/T window.
+
+        Simulated time keeps running (it is the clock of every published stamp and of recordings)."""
+        elapsed = self.data.time
         mujoco.mj_resetData(self.model, self.data)
+        self.data.time = elapsed
         self.data.qpos[:N_JOINTS] = q
         mujoco.mj_forward(self.model, self.data)
         state = self.arm_state()

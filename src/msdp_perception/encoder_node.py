@@ -20,7 +20,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import WrenchStamped
 from rclpy.node import Node
@@ -28,6 +27,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 
 from msdp.config import ConfigError, param_range
+from msdp.ros_node import run_node
 from msdp.ros_params import declare_config
 from msdp_perception.checkpoint import CheckpointError
 from msdp_perception.encoder import FrozenEncoder, pack_embedding
@@ -170,22 +170,7 @@ class EncoderNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    try:
-        node = EncoderNode()
-    except (ConfigError, CheckpointError) as exc:
-        print(f"msdp_encoder: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
-
+    return run_node("msdp_encoder", EncoderNode, argv, startup_errors=(CheckpointError,))
 
 if __name__ == "__main__":
     sys.exit(main())
