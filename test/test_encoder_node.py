@@ -69,8 +69,10 @@ def test_embeddings_match_the_in_process_encoder_and_a_dead_wrench_is_masked(tmp
             )
             probe.node.create_subscription(Image, "/msdp/reconstruction", reconstructions.append, 10)
             probe.node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
-            ready = probe.spin_until(lambda: all(p.get_subscription_count() for p in pubs.values()), 30.0)
+            everything = [*pubs.values(), clock]
+            ready = probe.spin_until(lambda: all(p.get_subscription_count() for p in everything), 30.0)
             assert ready, (tmp_path / "encoder.log").read_text()
+            probe.spin_for(1.0)  # the node's side of discovery may finish after ours
 
             offline = SensorSynchronizer()
             for k, (stamp, step_messages) in enumerate(steps):
@@ -88,7 +90,8 @@ def test_embeddings_match_the_in_process_encoder_and_a_dead_wrench_is_masked(tmp
                 probe.spin_for(0.2)  # let every sensor message land before time moves on
                 clock.publish(Clock(clock=stamp))
                 t = stamp.sec + stamp.nanosec * 1e-9
-                assert probe.spin_until(lambda t=t: t in embeddings, 10.0), f"no embedding for step {k}"
+                log = tmp_path / "encoder.log"
+                assert probe.spin_until(lambda t=t: t in embeddings, 10.0), f"no embedding at {t}: {log.read_text()}"
 
                 observation = offline.observe(t)
                 assert observation.present["ft"] == (k < WRENCH_DIES_AT)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from msdp.config import ConfigError
 
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+
 
 def _demo(args: argparse.Namespace) -> int:
     from msdp_franka_driver.demo import run_demo
@@ -56,6 +58,51 @@ def _collect_ros(args: argparse.Namespace) -> int:
     return 0
 
 
+def _collect(args: argparse.Namespace) -> int:
+    from msdp.config import from_dict
+    from msdp_perception.collect import CollectConfig, collect_to_bags
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {out} is not empty; collection writes new bag folders")
+    config = from_dict(
+        CollectConfig,
+        {"samples": args.samples, "policy": args.policy, "seed": args.seed, "task": {"name": args.task}},
+    )
+    bags = collect_to_bags(out, config)
+    print(f"collect: {config.samples} samples of {config.policy} actions on {args.task} in {len(bags)} bag(s) in {out}")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from msdp.config import from_dict, load_yaml, to_dict
+    from msdp_perception.pretrain import PretrainConfig, pretrain
+
+    config = to_dict(load_yaml(PretrainConfig, args.config))
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed}
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    if args.objective:
+        config["model"]["objective"] = args.objective
+    summary = pretrain([Path(b) for b in args.bags], Path(args.out), from_dict(PretrainConfig, config), args.cache)
+    final = summary["final"]
+    losses = ", ".join(f"{m} {final[f'val_{m}']:.4f}" for m in ("vision", "ft", "proprio") if f"val_{m}" in final)
+    print(f"pretrain: {summary['steps']} updates in {summary['seconds'] / 60:.1f} min; held-out loss {losses or 'n/a'}")
+    for modality, fusion in summary["fusion"].items():
+        print(
+            f"pretrain: {modality} masked, predicted from the other sensors: MSE {fusion['model_mse']:.4f} "
+            f"vs {fusion['mean_mse']:.4f} for the mean ({fusion['explained']:.0%} of the variance explained)"
+        )
+    print(f"pretrain: checkpoint {summary['checkpoint']} (+ .json); report in {args.out}")
+    return 0
+
+
+def _encoder(args: argparse.Namespace) -> int:
+    from msdp_perception.encoder_node import main
+
+    params = ["-p", f"checkpoint:={args.checkpoint}"] + (["-p", "use_sim_time:=true"] if args.sim_time else [])
+    return main(["--ros-args", *(["--params-file", args.params] if args.params else []), *params])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msdp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,9 +133,34 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--episodes", type=int, default=10)
     collect.add_argument("--steps", type=int, default=100, help="actions per episode (task.max_episode_steps)")
     collect.add_argument("--task", default="peg", choices=("peg", "push_cube", "close_drawer"))
-    collect.add_argument("--real-time-factor", type=float, default=1.0, help="simulated s per wall s (up to 6)")
+    collect.add_argument("--real-time-factor", type=float, default=1.0, help="simulated s per wall s")
     collect.add_argument("--seed", type=int, default=0, help="first scene seed and action seed")
     collect.set_defaults(func=_collect_ros)
+
+    fast = sub.add_parser("collect", help="random-action samples straight from the in-process simulator, into bags")
+    fast.add_argument("--out", required=True, help="folder for the bag folders (bag_000, bag_001, ...)")
+    fast.add_argument("--samples", type=int, default=30000)
+    fast.add_argument("--policy", default="random", choices=("random", "scripted_noise"))
+    fast.add_argument("--task", default="peg", choices=("peg", "push_cube", "close_drawer"))
+    fast.add_argument("--seed", type=int, default=0)
+    fast.set_defaults(func=_collect)
+
+    pre = sub.add_parser("pretrain", help="pretrain the MSDP encoder from rosbags (MCAP or sqlite3)")
+    pre.add_argument("--bags", nargs="+", required=True, help="bag folders, or folders of bag folders")
+    pre.add_argument("--objective", choices=("reconstruction", "prediction"), help="default: from --config")
+    pre.add_argument("--steps", type=int, help="updates (default: from --config, 30000)")
+    pre.add_argument("--batch-size", type=int)
+    pre.add_argument("--seed", type=int)
+    pre.add_argument("--out", default="runs/pretrain", help="checkpoint and report folder")
+    pre.add_argument("--config", default=str(CONFIG_DIR / "pretrain.yaml"))
+    pre.add_argument("--cache", type=Path, help="folder for decoded-sample caches (later runs skip decoding)")
+    pre.set_defaults(func=_pretrain)
+
+    enc = sub.add_parser("encoder", help="run the encoder node (sensor topics in, /msdp/embedding out)")
+    enc.add_argument("--checkpoint", required=True, help="encoder.safetensors from msdp pretrain")
+    enc.add_argument("--params", help="ROS parameter file (e.g. config/encoder.yaml)")
+    enc.add_argument("--sim-time", action="store_true", help="use /clock (next to the simulated arm)")
+    enc.set_defaults(func=_encoder)
     return parser
 
 

@@ -85,7 +85,5 @@ class FrozenEncoder:
         latents, ids, valid = self.model.encode_tokens(tokens, keep)
         action = b["action"] if c.objective == "prediction" else None
         decoded = self.model.unpatchify(self.model.decode(latents, ids, valid, action)["vision"])[0].numpy()
-        patch_keep = keep[0, : c.vision_tokens].reshape(c.vision_grid, c.vision_grid).numpy()
-        pixel_keep = patch_keep.repeat(c.patch_size, 0).repeat(c.patch_size, 1)[..., None]
-        masked = np.where(pixel_keep, observation.image, 128).astype(np.uint8)
+        masked = self.model.show_mask(b["image"], keep)[0].numpy()
         return np.hstack([observation.image, masked, decoded])

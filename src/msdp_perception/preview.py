@@ -43,9 +43,7 @@ def plot_preview(model: MSDPModel, source, indices: np.ndarray, path: Path, seed
     target = model.targets(batch[f"{prefix}image"], batch[f"{prefix}wrench"], batch[f"{prefix}proprio"])
     predicted_image = model.unpatchify(out["pred"]["vision"]).numpy()
     c = model.config
-    vision_keep = keep[:, : c.vision_tokens].reshape(-1, c.vision_grid, c.vision_grid).numpy()
-    pixel_keep = vision_keep.repeat(c.patch_size, 1).repeat(c.patch_size, 2)[..., None]
-    masked_input = np.where(pixel_keep, batch["image"].numpy(), 128).astype(np.uint8)
+    masked_input = model.show_mask(batch["image"], keep).numpy()
 
     n = len(indices)
     fig, axes = plt.subplots(n, 5, figsize=(13, 2.4 * n), squeeze=False)

@@ -1,0 +1,165 @@
+"""Pretraining data straight from the in-process simulator, written as the same bags the real robot records.
+
+No ROS graph and no real-time clock: the simulated Franka runs as fast as it can and its observations are
+written with the topics, message types, frames and header stamps the camera, wrench and driver nodes publish,
+so ``BagDataset`` (and anything else) reads simulated and real recordings alike. Simulated time runs on across
+episodes with a gap between them; an episode's last observation gets no action, so no transition crosses
+an episode (or a bag: every bag starts a new episode).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from msdp.config import ConfigError, from_dict, param_range, to_dict
+from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
+from msdp_franka_driver.fr3_model import JOINT_NAMES
+from msdp_franka_driver.tasks import TaskConfig
+from msdp_perception.bags import TYPESTORE, BagError, BagWriter
+
+CAMERA_FRAME = "third_person_camera"
+FT_FRAME = "ft_sensor"
+BASE_FRAME = "fr3_link0"
+EPISODE_GAP_NS = 1_000_000_000  # simulated time between one episode's end and the next one's start
+WRENCH_PERIOD_NS = 10_000_000  # the F/T readings in an observation are 100 Hz samples, the newest at t
+
+TOPICS = {
+    "/camera/image_raw": "sensor_msgs/msg/Image",
+    "/ft_sensor/wrench": "geometry_msgs/msg/WrenchStamped",
+    "/joint_states": "sensor_msgs/msg/JointState",
+    "/franka/ee_pose": "geometry_msgs/msg/PoseStamped",
+    "/msdp/action": "geometry_msgs/msg/TwistStamped",
+}
+_types = TYPESTORE.types
+Header, Time = _types["std_msgs/msg/Header"], _types["builtin_interfaces/msg/Time"]
+Image, JointState = _types["sensor_msgs/msg/Image"], _types["sensor_msgs/msg/JointState"]
+Vector3, Wrench, WrenchStamped = (_types[f"geometry_msgs/msg/{n}"] for n in ("Vector3", "Wrench", "WrenchStamped"))
+Point, Quaternion, Pose, PoseStamped = (
+    _types[f"geometry_msgs/msg/{n}"] for n in ("Point", "Quaternion", "Pose", "PoseStamped")
+)
+Twist, TwistStamped = _types["geometry_msgs/msg/Twist"], _types["geometry_msgs/msg/TwistStamped"]
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """How much to record, with which behaviour policy, into which bags."""
+
+    samples: int = field(default=30000, metadata=param_range(1, 100_000_000, "observations (images) to record"))
+    policy: str = field(default="random", metadata={"choices": ("random", "scripted_noise")})
+    action_noise: float = field(default=0.3, metadata=param_range(0.0, 10.0, "std of the noise on scripted actions"))
+    seed: int = field(default=0, metadata=param_range(0, 2**31 - 1, "episodes and actions"))
+    task: TaskConfig = field(default_factory=TaskConfig)
+    storage: str = field(default="mcap", metadata={"choices": ("mcap", "sqlite3")})
+    samples_per_bag: int = field(default=10000, metadata=param_range(1, 100_000_000, "observations per bag folder"))
+
+
+def _header(stamp_ns: int, frame_id: str) -> Any:
+    sec, nanosec = divmod(stamp_ns, 1_000_000_000)
+    return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
+
+
+def _vector3(x: float, y: float, z: float) -> Any:
+    return Vector3(x=float(x), y=float(y), z=float(z))
+
+
+class _Recorder:
+    """Writes env observations and actions as the messages the real robot's nodes publish."""
+
+    def __init__(self, writer: BagWriter, task: TaskConfig):
+        self.writer, self.task = writer, task
+        for topic, msgtype in TOPICS.items():
+            writer.add_topic(topic, msgtype)
+
+    def observation(self, t: int, obs: dict[str, np.ndarray]) -> None:
+        image = np.ascontiguousarray(obs["image"], np.uint8)
+        height, width, _ = image.shape
+        image_msg = Image(
+            header=_header(t, CAMERA_FRAME), height=height, width=width, encoding="rgb8", is_bigendian=0,
+            step=3 * width, data=image.reshape(-1),
+        )  # fmt: skip
+        self.writer.write("/camera/image_raw", t, image_msg)
+
+        window = obs["wrench"]
+        for age, reading in zip(range(len(window) - 1, -1, -1), window, strict=True):
+            stamp = t - age * WRENCH_PERIOD_NS
+            wrench = Wrench(force=_vector3(*reading[:3]), torque=_vector3(*reading[3:]))
+            self.writer.write("/ft_sensor/wrench", stamp, WrenchStamped(header=_header(stamp, FT_FRAME), wrench=wrench))
+
+        q, dq = np.split(obs["proprio"].astype(np.float64), 2)
+        joint_state = JointState(
+            header=_header(t, ""), name=list(JOINT_NAMES), position=q, velocity=dq, effort=np.zeros(0)
+        )
+        self.writer.write("/joint_states", t, joint_state)
+
+        x, y, z, qx, qy, qz, qw = (float(v) for v in obs["ee_pose"])
+        pose = Pose(position=Point(x=x, y=y, z=z), orientation=Quaternion(x=qx, y=qy, z=qz, w=qw))
+        self.writer.write("/franka/ee_pose", t, PoseStamped(header=_header(t, BASE_FRAME), pose=pose))
+
+    def action(self, t: int, action: np.ndarray) -> None:
+        """A normalised action in physical units: metres and radians of end-effector motion this step."""
+        step = action[:3] * self.task.max_step
+        yaw = action[3] * self.task.max_yaw_step if len(action) > 3 else 0.0
+        twist = Twist(linear=_vector3(*step), angular=_vector3(0.0, 0.0, yaw))
+        self.writer.write("/msdp/action", t, TwistStamped(header=_header(t, BASE_FRAME), twist=twist))
+
+
+def _policy(env: FrankaTaskEnv, config: CollectConfig, rng: np.random.Generator) -> np.ndarray:
+    if config.policy == "random":
+        return rng.uniform(-1.0, 1.0, env.action_dim)
+    noisy = env.scripted_action() + rng.normal(0.0, config.action_noise, env.action_dim)
+    return np.clip(noisy, -1.0, 1.0)
+
+
+def _episode_seed(seed: int, episode: int) -> int:
+    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
+
+
+def collect_to_bags(out_dir: Path | str, config: CollectConfig, progress: bool = True) -> list[Path]:
+    """Record ``config.samples`` observations into bag folders out_dir/bag_000, bag_001, ...; return them."""
+    config = from_dict(CollectConfig, to_dict(config))  # validates every field, nested task included
+    out_dir = Path(out_dir)
+    paths = [out_dir / f"bag_{i:03d}" for i in range(math.ceil(config.samples / config.samples_per_bag))]
+    existing = [str(p) for p in paths if p.exists()]
+    if existing:
+        raise BagError(f"bag folder(s) {', '.join(existing)} exist already; choose an empty output folder")
+    env = FrankaTaskEnv(EnvConfig(task=config.task))
+    if config.policy == "scripted_noise" and getattr(env.task, "scripted_action", None) is None:
+        env.close()
+        raise ConfigError(f"parameter 'policy': task {config.task.name} has no scripted policy; use random")
+    rng = np.random.default_rng(config.seed)
+    period_ns = round(1e9 / config.task.control_rate)
+    t, episode, written = 0, 0, 0
+    try:
+        with tqdm(total=config.samples, desc="collect", unit="sample", disable=not progress) as bar:
+            for path in paths:
+                n = min(config.samples_per_bag, config.samples - written)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with BagWriter(path, storage=config.storage) as writer:
+                    recorder = _Recorder(writer, config.task)
+                    pending = None  # the next observation to write and whether it ends its episode
+                    for i in range(n):
+                        if pending is None:  # a new episode, after a gap in simulated time
+                            t += EPISODE_GAP_NS
+                            pending = env.reset(seed=_episode_seed(config.seed, episode))[0], False
+                            episode += 1
+                        obs, terminal = pending
+                        recorder.observation(t, obs)
+                        bar.update()
+                        if terminal or i == n - 1:  # no action follows an episode's last observation
+                            pending = None
+                            continue
+                        action = _policy(env, config, rng)
+                        recorder.action(t, action)
+                        obs, _, terminated, truncated, _ = env.step(action)
+                        t += period_ns
+                        pending = obs, terminated or truncated
+                written += n
+    finally:
+        env.close()
+    return paths
