@@ -28,6 +28,7 @@ setup(
             "driver_node = msdp_franka_driver.driver_node:main",
             "recorder_node = msdp_perception.recorder_node:main",
             "collect_node = msdp_perception.collect_node:main",
+            "encoder_node = msdp_perception.encoder_node:main",
         ],
     },
 )

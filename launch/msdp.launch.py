@@ -3,8 +3,11 @@
     ros2 launch msdp msdp.launch.py                                          # simulated FR3 (MuJoCo)
     ros2 launch msdp msdp.launch.py backend:=libfranka robot_ip:=172.16.0.2  # real FR3
     ... rviz:=true task:=peg|push_cube|close_drawer
+    ... checkpoint:=runs/pretrain/encoder.safetensors    # also run the encoder node (/msdp/embedding)
+    ... record:=bags/session1                            # also record the topics to a rosbag (MCAP)
 
-The simulated arm publishes /clock and stamps with simulated time, so rviz follows it with use_sim_time.
+The simulated arm publishes /clock and stamps with simulated time, so the other nodes and rviz follow it with
+use_sim_time.
 """
 
 import os
@@ -27,6 +30,8 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("robot_ip", default_value="172.16.0.2", description="FCI address (libfranka)"),
             DeclareLaunchArgument("task", default_value="peg", description="scene: peg | push_cube | close_drawer"),
             DeclareLaunchArgument("rviz", default_value="false", description="start rviz2 with config/msdp.rviz"),
+            DeclareLaunchArgument("checkpoint", default_value="", description="encoder checkpoint; empty = no encoder"),
+            DeclareLaunchArgument("record", default_value="", description="bag folder to record to; empty = none"),
             Node(
                 package="msdp",
                 executable="driver_node",
@@ -40,6 +45,28 @@ def generate_launch_description() -> LaunchDescription:
                         "task.name": LaunchConfiguration("task"),
                     },
                 ],
+            ),
+            Node(
+                package="msdp",
+                executable="encoder_node",
+                name="msdp_encoder",
+                output="screen",
+                parameters=[
+                    os.path.join(share, "config", "encoder.yaml"),
+                    {"checkpoint": LaunchConfiguration("checkpoint"), "use_sim_time": simulated},
+                ],
+                condition=IfCondition(PythonExpression(["'", LaunchConfiguration("checkpoint"), "' != ''"])),
+            ),
+            Node(
+                package="msdp",
+                executable="recorder_node",
+                name="recorder",
+                output="screen",
+                parameters=[
+                    os.path.join(share, "config", "recorder.yaml"),
+                    {"output": LaunchConfiguration("record"), "use_sim_time": simulated},
+                ],
+                condition=IfCondition(PythonExpression(["'", LaunchConfiguration("record"), "' != ''"])),
             ),
             Node(
                 package="rviz2",

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import WrenchStamped
 from rclpy.node import Node
@@ -48,6 +49,7 @@ class EncoderNodeConfig:
     checkpoint: str = field(default="", metadata={"doc": "encoder checkpoint (.safetensors with its .json)"})
     rate: float = field(default=10.0, metadata=param_range(0.1, 100.0, "Hz, observations encoded"))
     reconstruction_rate: float = field(default=1.0, metadata=param_range(0.0, 30.0, "Hz, rviz preview; 0 = off"))
+    threads: int = field(default=1, metadata=param_range(1, 64, "torch CPU threads (leave cores to other nodes)"))
     image_topic: str = "/camera/image_raw"
     wrench_topic: str = "/ft_sensor/wrench"
     joint_topic: str = "/joint_states"
@@ -82,6 +84,7 @@ class EncoderNode(Node):
                 f"parameters 'sync.image_size/ft_window' ({self.config.sync.image_size}, {self.config.sync.ft_window})"
                 f" must match the checkpoint's ({model.image_size}, {model.ft_window})"
             )
+        torch.set_num_threads(self.config.threads)
         self.sync = SensorSynchronizer(self.config.sync)
         self.latencies: deque[float] = deque(maxlen=200)
         self.published = 0

@@ -225,6 +225,8 @@ def pretrain(
             row = {"step": step + 1, "seconds": time.monotonic() - started, **running}
             if len(val_idx):
                 row.update(evaluate(model, val, config.val_samples))
+                fusion = fusion_check(model, val, config.val_samples)
+                row.update({f"{m}_explained_by_others": f["explained"] for m, f in fusion.items()})
             rows.append(row)
             write_metrics(out_dir / "metrics.csv", rows)
             plot_curves(rows, out_dir / "curves.png")

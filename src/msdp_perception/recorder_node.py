@@ -35,6 +35,7 @@ DEFAULT_TOPICS = (
     "/franka/ee_pose",
     "/franka/equilibrium_pose",
     "/msdp/action",
+    "/msdp/embedding",
 )
 QUEUE_DEPTH = 100  # messages per topic held between executor turns; a burst beyond it is dropped
 

@@ -1,0 +1,89 @@
+"""Pretraining from real bags end to end (tiny model, few updates): reports, checkpoint, held-out split, errors."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from msdp.config import ConfigError, from_dict, load_yaml
+from msdp.ros_params import load_params_file
+from msdp_perception.collect import CollectConfig, collect_to_bags
+from msdp_perception.dataset import BagDataset
+from msdp_perception.encoder import FrozenEncoder
+from msdp_perception.encoder_node import EncoderNodeConfig
+from msdp_perception.pretrain import PretrainConfig, find_bags, split_indices
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = {"stem_channels": 8, "width": 32, "decoder_width": 32}
+TINY = {"val_every": 10, "warmup_steps": 5, "val_block": 20, "model": TINY_MODEL}
+
+
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bags")
+    collect_to_bags(out, CollectConfig(samples=240, samples_per_bag=120), progress=False)
+    return out
+
+
+@pytest.mark.parametrize("objective", ["reconstruction", "prediction"])
+def test_msdp_pretrain_writes_a_loadable_checkpoint_and_its_report(tmp_path, bags, objective):
+    config = tmp_path / "pretrain.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "msdp.cli", "pretrain", "--bags", str(bags), "--objective", objective,
+         "--steps", "20", "--out", str(out), "--config", str(config), "--cache", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "predicted from the other sensors" in result.stdout
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [10, 20]
+    for key in ("val_vision", "val_ft", "val_proprio", "ft_explained_by_others", "proprio_explained_by_others"):
+        assert np.isfinite(float(rows[-1][key])), key
+    for name in ("preview.png", "curves.png"):
+        assert (out / name).stat().st_size > 5_000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train"] + summary["held_out"] <= summary["samples"] and summary["held_out"] > 0
+    assert set(summary["fusion"]) == {"ft", "proprio"}
+    sidecar = json.loads((out / "encoder.json").read_text())
+    assert sidecar["config"]["objective"] == objective and sidecar["training"]["steps"] == 20
+    assert sidecar["provenance"]["git_revision"]
+    encoder = FrozenEncoder.load(out / "encoder.safetensors")
+    assert encoder.config.width == 32
+    # the normalisation was fitted to the recorded data, not left at identity
+    assert sidecar["normalization"]["proprio_std"] != [1.0] * 14
+
+
+def test_held_out_blocks_are_contiguous_and_disjoint_from_training(bags):
+    dataset = BagDataset(find_bags([bags]), progress=False)
+    config = from_dict(PretrainConfig, {"val_block": 20, "val_fraction": 0.25})
+    train, val = split_indices(dataset, config, np.random.default_rng(0))
+    assert not set(train) & set(val) and len(val) > 0
+    assert set(val // 20).isdisjoint(set(train // 20))
+    prediction = from_dict(PretrainConfig, {"model": {"objective": "prediction"}})
+    train, val = split_indices(dataset, prediction, np.random.default_rng(0))
+    assert (dataset.next_index[np.concatenate([train, val])] >= 0).all()
+
+
+def test_bad_inputs_are_refused_with_the_reason(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a rosbag2 folder"):
+        find_bags([tmp_path])
+    with pytest.raises(ConfigError, match="must equal"):
+        from_dict(PretrainConfig, {"model": {"ft_window": 8}})
+    with pytest.raises(ConfigError, match="lr"):
+        from_dict(PretrainConfig, {"lr": 5.0})
+
+
+def test_shipped_perception_configs_validate():
+    config = load_yaml(PretrainConfig, ROOT / "config" / "pretrain.yaml")
+    assert (config.batch_size, config.lr, config.steps, config.model.mask_ratio) == (64, 3e-4, 30000, 0.7)
+    with pytest.raises(ConfigError, match="checkpoint"):
+        load_params_file(EncoderNodeConfig, ROOT / "config" / "encoder.yaml", "msdp_encoder")
+    data = yaml.safe_load((ROOT / "config" / "encoder.yaml").read_text())
+    assert from_dict(EncoderNodeConfig, {**data["msdp_encoder"]["ros__parameters"], "checkpoint": "x"}).rate == 10.0
