@@ -25,3 +25,6 @@ lint: env
 bench: env
 	$(PY) bench/sim_env.py
 	$(PY) bench/control_loop.py
+	$(PY) bench/bag_read.py
+	$(PY) bench/pretrain.py
+	$(PY) bench/encoder_latency.py

@@ -13,10 +13,10 @@ import yaml
 from msdp.config import ConfigError, from_dict, load_yaml
 from msdp.ros_params import load_params_file
 from msdp_perception.collect import CollectConfig, collect_to_bags
-from msdp_perception.dataset import BagDataset
+from msdp_perception.dataset import BagDataset, find_bags
 from msdp_perception.encoder import FrozenEncoder
 from msdp_perception.encoder_node import EncoderNodeConfig
-from msdp_perception.pretrain import PretrainConfig, find_bags, split_indices
+from msdp_perception.pretrain import PretrainConfig, split_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"stem_channels": 8, "width": 32, "decoder_width": 32}

@@ -96,6 +96,18 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recover_bag(args: argparse.Namespace) -> int:
+    from msdp_perception.bags import BagError, recover_bag
+
+    try:
+        count = recover_bag(args.bag)
+    except BagError as exc:
+        print(f"msdp recover-bag: {exc}", file=sys.stderr)
+        return 1
+    print(f"recover-bag: {args.bag} holds {count} messages and is a complete rosbag2 folder")
+    return 0
+
+
 def _encoder(args: argparse.Namespace) -> int:
     from msdp_perception.encoder_node import main
 
@@ -155,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--config", default=str(CONFIG_DIR / "pretrain.yaml"))
     pre.add_argument("--cache", type=Path, help="folder for decoded-sample caches (later runs skip decoding)")
     pre.set_defaults(func=_pretrain)
+
+    recover = sub.add_parser("recover-bag", help="repair a bag whose recorder was killed (keeps all complete messages)")
+    recover.add_argument("bag", help="the rosbag2 folder")
+    recover.set_defaults(func=_recover_bag)
 
     enc = sub.add_parser("encoder", help="run the encoder node (sensor topics in, /msdp/embedding out)")
     enc.add_argument("--checkpoint", required=True, help="encoder.safetensors from msdp pretrain")

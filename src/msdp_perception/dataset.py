@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from msdp_perception.bags import BagError, BagReader
+from msdp_perception.bags import STORAGE_SUFFIXES, BagError, BagReader
 from msdp_perception.messages import (
     SensorDataError,
     image_from_msg,
@@ -171,6 +171,25 @@ def _save_cache(file: Path, arrays: dict[str, np.ndarray]) -> None:
     with partial.open("wb") as out:
         np.savez(out, **arrays)
     os.replace(partial, file)
+
+
+def find_bags(paths: list[Path]) -> list[Path]:
+    """Each path is a bag folder (it has metadata.yaml or a .mcap/.db3 file) or a folder of bag folders."""
+
+    def is_bag(p: Path) -> bool:
+        return p.is_dir() and (
+            (p / "metadata.yaml").exists() or any(f.suffix in STORAGE_SUFFIXES for f in p.iterdir())
+        )
+
+    bags: list[Path] = []
+    for path in map(Path, paths):
+        if is_bag(path):
+            bags.append(path)
+        elif path.is_dir() and (inner := sorted(p for p in path.iterdir() if is_bag(p))):
+            bags += inner
+        else:
+            raise FileNotFoundError(f"{path}: not a rosbag2 folder, nor a folder of them")
+    return bags
 
 
 class BagDataset:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from msdp.config import ConfigError, param_range, to_dict
 from msdp_perception.checkpoint import save_encoder
-from msdp_perception.dataset import BagDataset
+from msdp_perception.dataset import BagDataset, find_bags
 from msdp_perception.model import MSDPConfig, MSDPModel
 from msdp_perception.observation import MODALITIES, SyncConfig
 
@@ -49,23 +49,6 @@ class PretrainConfig:
                 f"parameters '{prefix}model.image_size/ft_window' ({self.model.image_size}, {self.model.ft_window}) "
                 f"must equal '{prefix}sync.image_size/ft_window' ({self.sync.image_size}, {self.sync.ft_window})"
             )
-
-
-def find_bags(paths: list[Path]) -> list[Path]:
-    """Each path is a bag folder (it has metadata.yaml or a .mcap/.db3 file) or a folder of bag folders."""
-
-    def is_bag(p: Path) -> bool:
-        return p.is_dir() and any((p / "metadata.yaml").exists() or f.suffix in (".mcap", ".db3") for f in p.iterdir())
-
-    bags: list[Path] = []
-    for path in map(Path, paths):
-        if is_bag(path):
-            bags.append(path)
-        elif path.is_dir() and (inner := sorted(p for p in path.iterdir() if is_bag(p))):
-            bags += inner
-        else:
-            raise FileNotFoundError(f"{path}: not a rosbag2 folder, nor a folder of them")
-    return bags
 
 
 class SampleSource:
