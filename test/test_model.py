@@ -129,7 +129,13 @@ def test_normaliser_statistics_come_from_the_data():
     actions[:40] = rng.normal(0, 0.01, (40, 4))
     model.normalizer.fit(images, wrench, proprio, actions)
     n = model.normalizer
-    np.testing.assert_allclose(n.wrench_mean.numpy(), wrench.reshape(-1, 6).mean(0), rtol=1e-4)
+    scale = np.array([1.0, 1.0, 1.0, 0.1, 0.1, 0.1])  # F/T readings are log-compressed before standardising
+    compressed = np.sign(wrench) * np.log1p(np.abs(wrench) / scale)
+    np.testing.assert_allclose(n.wrench_mean.numpy(), compressed.reshape(-1, 6).mean(0), rtol=1e-4)
+    np.testing.assert_allclose(n.wrench_std.numpy(), compressed.reshape(-1, 6).std(0), rtol=1e-4)
+    raw = MSDPModel(MSDPConfig(stem_channels=8, width=32, decoder_width=32, force_log_scale=0, torque_log_scale=0))
+    raw.normalizer.fit(images, wrench, proprio, actions)
+    np.testing.assert_allclose(raw.normalizer.wrench_mean.numpy(), wrench.reshape(-1, 6).mean(0), rtol=1e-4)
     np.testing.assert_allclose(n.proprio_std.numpy(), proprio.std(0), rtol=1e-4)
     np.testing.assert_allclose(n.action_std.numpy(), actions[:40].std(0), rtol=1e-4)
     np.testing.assert_allclose(n.image_mean.numpy(), images.reshape(-1, 3).mean(0) / 255, rtol=1e-4)

@@ -47,6 +47,8 @@ class MSDPConfig:
     decoder_depth: int = field(default=2, metadata=param_range(1, 48, "not stated in the paper"))
     decoder_heads: int = field(default=4, metadata=param_range(1, 64, "not stated in the paper"))
     mask_ratio: float = field(default=0.7, metadata=param_range(0.0, 0.99, "fraction of tokens masked"))
+    force_log_scale: float = field(default=1.0, metadata=param_range(0.0, 1000.0, "N, F/T compression; 0 = off"))
+    torque_log_scale: float = field(default=0.1, metadata=param_range(0.0, 100.0, "Nm, F/T compression; 0 = off"))
     objective: str = field(default="reconstruction", metadata={"choices": ("reconstruction", "prediction")})
 
     def check(self, prefix: str = "") -> None:
@@ -90,13 +92,27 @@ class Embedding:
 
 
 class Normalizer(nn.Module):
-    """Per-channel mean and std of every input, computed from data and stored with the weights."""
+    """Per-channel mean and std of every input, computed from data and stored with the weights.
+
+    Wrist forces are heavy-tailed: free-space readings are a fraction of a newton, contacts and impacts reach
+    hundreds. Standardising raw readings lets a few impacts dominate the F/T loss (their size is not
+    predictable from one frame) and squashes everything else to zero, so each reading is first compressed with
+    ``sign(x) log(1 + |x| / scale)`` (``force_log_scale``, ``torque_log_scale``; 0 turns it off). Whether and
+    roughly how hard the tool touches something is then what the model learns.
+    """
 
     def __init__(self, config: MSDPConfig):
         super().__init__()
         for name, size in (("image", 3), ("wrench", 6), ("proprio", config.proprio_dim), ("action", config.action_dim)):
             self.register_buffer(f"{name}_mean", torch.zeros(size))
             self.register_buffer(f"{name}_std", torch.ones(size))
+        scales = [config.force_log_scale] * 3 + [config.torque_log_scale] * 3
+        self.register_buffer("wrench_log_scale", torch.tensor(scales))
+
+    def compress_wrench(self, wrench: torch.Tensor) -> torch.Tensor:
+        scale = self.wrench_log_scale
+        compressed = torch.sign(wrench) * torch.log1p(wrench.abs() / scale.clamp(min=1e-9))
+        return torch.where(scale > 0, compressed, wrench)
 
     @torch.no_grad()
     def fit(self, images: np.ndarray, wrench: np.ndarray, proprio: np.ndarray, actions: np.ndarray) -> None:
@@ -108,7 +124,7 @@ class Normalizer(nn.Module):
         stride = max(1, len(pixels) // 2_000_000)  # a subsample is plenty for 3 channel statistics
         sources = {
             "image": pixels[::stride].astype(np.float64) / 255.0,
-            "wrench": wrench.reshape(-1, 6).astype(np.float64),
+            "wrench": self.compress_wrench(torch.as_tensor(wrench.reshape(-1, 6), dtype=torch.float64)).numpy(),
             "proprio": proprio.astype(np.float64),
             "action": actions[np.all(np.isfinite(actions), axis=1)].astype(np.float64),
         }
@@ -125,7 +141,7 @@ class Normalizer(nn.Module):
         return (x - self.image_mean[:, None, None]) / self.image_std[:, None, None]
 
     def wrench(self, wrench: torch.Tensor) -> torch.Tensor:
-        return (wrench - self.wrench_mean) / self.wrench_std
+        return (self.compress_wrench(wrench) - self.wrench_mean) / self.wrench_std
 
     def proprio(self, proprio: torch.Tensor) -> torch.Tensor:
         return (proprio - self.proprio_mean) / self.proprio_std
