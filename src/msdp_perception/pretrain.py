@@ -191,6 +191,7 @@ def pretrain(
         "pretrain": to_dict(config),
     }
     rows: list[dict[str, float]] = []
+    fusion: dict[str, dict[str, float]] = {}
     running = {f"loss_{m}": 0.0 for m in MODALITIES}
     started = time.monotonic()
     bar = tqdm(range(config.steps), desc=f"pretrain {config.model.objective}", disable=not progress, unit="step")
@@ -202,8 +203,9 @@ def pretrain(
         out["loss"].backward()
         optimizer.step()
         for key in running:
-            running[key] = 0.98 * running[key] + 0.02 * float(out[key]) if step else float(out[key])
-        bar.set_postfix(loss=f"{float(out['loss']):.3f}", refresh=False)
+            value = out[key].item()
+            running[key] = 0.98 * running[key] + 0.02 * value if step else value
+        bar.set_postfix(loss=f"{out['loss'].item():.3f}", refresh=False)
         if (step + 1) % config.val_every == 0 or step + 1 == config.steps:
             row = {"step": step + 1, "seconds": time.monotonic() - started, **running}
             if len(val_idx):
@@ -216,7 +218,6 @@ def pretrain(
             plot_preview(model, val if len(val_idx) else train, preview_idx, out_dir / "preview.png")
             save_encoder(out_dir / "encoder", model, {**training, "steps": step + 1, "metrics": row})
 
-    fusion = fusion_check(model, val, config.val_samples) if len(val_idx) else {}
     summary = {
         **training,
         "steps": config.steps,
