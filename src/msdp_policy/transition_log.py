@@ -1,0 +1,182 @@
+"""A durable, append-only log of transitions: one writer (the policy), any number of readers (learners).
+
+Layout of a log folder:
+    schema.json       field name -> dtype and shape, fixed when the log is created
+    transitions.log   records, back to back: b"MSDT", payload length (uint32), CRC-32 of the payload (uint32),
+                      then the payload: every field's bytes in schema order
+
+Each ``append`` is one ``write`` of a whole record to a file opened for appending, followed by ``fsync`` when
+``durable`` (the default). A writer killed in the middle of a record leaves a torn tail: readers stop before
+it (it may still be in flight), and the next writer drops it when it opens the log, then goes on appending, so
+a restarted policy resumes where it stopped and a kill loses at most the step in flight. A record whose
+checksum fails anywhere but at the tail is corruption, and is reported with its offset instead of skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+MAGIC = b"MSDT"
+HEADER = struct.Struct("<4sII")  # magic, payload length, crc32
+SCHEMA_FILE, LOG_FILE = "schema.json", "transitions.log"
+
+
+class TransitionLogError(RuntimeError):
+    """The log folder is missing, corrupt, or was written with another schema; the message names the file."""
+
+
+class Schema:
+    """Names, dtypes and shapes of one transition's fields; records are their raw bytes in this order."""
+
+    def __init__(self, fields: dict[str, tuple[str, tuple[int, ...]]]):
+        self.fields = {name: (np.dtype(dtype).str, tuple(shape)) for name, (dtype, shape) in fields.items()}
+        self.sizes = {
+            name: int(np.prod(shape)) * np.dtype(dtype).itemsize for name, (dtype, shape) in self.fields.items()
+        }
+        self.record_size = sum(self.sizes.values())
+
+    def to_json(self) -> str:
+        return json.dumps({name: [dtype, list(shape)] for name, (dtype, shape) in self.fields.items()}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Schema:
+        return cls({name: (dtype, tuple(shape)) for name, (dtype, shape) in json.loads(text).items()})
+
+    def encode(self, transition: dict[str, np.ndarray]) -> bytes:
+        missing = sorted(set(self.fields) - set(transition))
+        extra = sorted(set(transition) - set(self.fields))
+        if missing or extra:
+            raise ValueError(f"transition fields differ from the log's: missing {missing}, unexpected {extra}")
+        parts = []
+        for name, (dtype, shape) in self.fields.items():
+            value = np.asarray(transition[name])
+            if value.shape != shape:
+                raise ValueError(f"transition field '{name}' has shape {value.shape}, the log stores {shape}")
+            parts.append(np.ascontiguousarray(value, dtype=dtype).tobytes())
+        return b"".join(parts)
+
+    def decode(self, payloads: bytes, count: int) -> dict[str, np.ndarray]:
+        """``count`` payloads back to back -> one array per field, (count, *shape)."""
+        rows = np.frombuffer(payloads, dtype=np.uint8).reshape(count, self.record_size)
+        out, start = {}, 0
+        for name, (dtype, shape) in self.fields.items():
+            size = self.sizes[name]
+            out[name] = rows[:, start : start + size].copy().view(dtype).reshape(count, *shape)
+            start += size
+        return out
+
+
+def _scan(data: bytes, schema: Schema, where: Path) -> tuple[int, int]:
+    """(complete records, byte offset after the last one). A bad record before the tail raises."""
+    step = HEADER.size + schema.record_size
+    count = offset = 0
+    while offset + step <= len(data):
+        magic, length, crc = HEADER.unpack_from(data, offset)
+        payload = data[offset + HEADER.size : offset + step]
+        if magic != MAGIC or length != schema.record_size or zlib.crc32(payload) != crc:
+            if offset + step == len(data):
+                break  # the last record is torn (its bytes are there, but not all of them were written)
+            raise TransitionLogError(f"{where}: corrupt record {count} at byte {offset} (checksum or header mismatch)")
+        count += 1
+        offset += step
+    return count, offset
+
+
+class TransitionWriter:
+    """Appends transitions; opening an existing log resumes it (after dropping a torn tail)."""
+
+    def __init__(self, folder: str | Path, schema: Schema, durable: bool = True):
+        self.folder, self.schema, self.durable = Path(folder), schema, durable
+        self.folder.mkdir(parents=True, exist_ok=True)
+        schema_path, self.path = self.folder / SCHEMA_FILE, self.folder / LOG_FILE
+        if schema_path.exists():
+            existing = Schema.from_json(schema_path.read_text())
+            if existing.fields != schema.fields:
+                raise TransitionLogError(
+                    f"{schema_path}: the log was written with fields {existing.fields}, not {schema.fields}"
+                )
+        else:
+            schema_path.write_text(schema.to_json())
+        data = self.path.read_bytes() if self.path.exists() else b""
+        self.count, end = _scan(data, schema, self.path)
+        self.dropped_bytes = len(data) - end
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if self.dropped_bytes:
+            os.ftruncate(self.fd, end)
+
+    def append(self, transition: dict[str, np.ndarray]) -> int:
+        """Write one transition (durably, if so configured); returns its index."""
+        payload = self.schema.encode(transition)
+        os.write(self.fd, HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload)
+        if self.durable:
+            os.fsync(self.fd)
+        self.count += 1
+        return self.count - 1
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> TransitionWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class TransitionReader:
+    """Reads a log while a writer may be appending to it; ``refresh`` picks up what was appended since.
+
+    ``arrays`` holds one array per field, (transitions, *shape), grown in place (amortised doubling), so a
+    learner can sample indices from it without copying the whole log on every refresh.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        schema_path = self.folder / SCHEMA_FILE
+        if not schema_path.exists():
+            raise TransitionLogError(f"{schema_path} not found: {self.folder} is not a transition log (yet)")
+        self.schema = Schema.from_json(schema_path.read_text())
+        self.path = self.folder / LOG_FILE
+        self.offset = 0
+        self.count = 0
+        self._buffers = {name: np.zeros((1024, *shape), dtype) for name, (dtype, shape) in self.schema.fields.items()}
+        self.refresh()
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: buffer[: self.count] for name, buffer in self._buffers.items()}
+
+    def refresh(self) -> int:
+        """Read the complete records appended since the last call; returns how many."""
+        if not self.path.exists():
+            return 0
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        count, end = _scan(data, self.schema, self.path)
+        if not count:
+            return 0
+        step = HEADER.size + self.schema.record_size
+        records = np.frombuffer(data[:end], dtype=np.uint8).reshape(count, step)[:, HEADER.size :]
+        new = self.schema.decode(records.tobytes(), count)
+        needed = self.count + count
+        for name, buffer in self._buffers.items():
+            if needed > len(buffer):
+                grown = np.zeros((max(needed, 2 * len(buffer)), *buffer.shape[1:]), buffer.dtype)
+                grown[: self.count] = buffer[: self.count]
+                self._buffers[name] = buffer = grown
+            buffer[self.count : needed] = new[name]
+        self.count = needed
+        self.offset += end
+        return count
