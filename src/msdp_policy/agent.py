@@ -1,0 +1,260 @@
+"""The asymmetric actor-critic on MSDP embeddings (SAC, optionally RLPD), in one file.
+
+Inputs are frozen token embeddings (B, n_tokens, D) with a presence mask (B, n_tokens) and the pooled vector
+(B, D) -- exactly what ``/msdp/embedding`` carries. The two halves see the observation differently:
+
+- the **critic** reads the tokens through a *latent bridge*, by default ONE cross-attention layer whose learnable
+  query attends over the tokens (keys and values); the bridge is trained by the critic loss only, and feeds an
+  ensemble of Q-networks with target copies (Polyak averaging);
+- the **actor** reads the parameter-free pooled vector (mean over vision tokens, then over the modalities) and
+  outputs a tanh-squashed Gaussian; it never backpropagates into the critic's bridge.
+
+The paper's ablations are settings (``bridge``: cross_attention | pooling | cls | concat), not forks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from msdp.config import param_range
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+BRIDGES = ("cross_attention", "pooling", "cls", "concat")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """SAC / RLPD hyperparameters (CleanRL-style: all in one place); paper values where it states them."""
+
+    bridge: str = field(default="cross_attention", metadata={"choices": BRIDGES})
+    hidden: int = field(default=256, metadata=param_range(8, 4096, "Q-network and actor MLP width"))
+    critics: int = field(default=2, metadata=param_range(2, 20, "Q-networks in the ensemble"))
+    heads: int = field(default=4, metadata=param_range(1, 64, "cross-attention heads"))
+    gamma: float = field(default=0.99, metadata=param_range(0.0, 1.0, "discount"))
+    tau: float = field(default=0.005, metadata=param_range(0.0, 1.0, "Polyak rate of the target critics"))
+    critic_lr: float = field(default=3e-4, metadata=param_range(1e-6, 1e-1))
+    actor_lr: float = field(default=3e-4, metadata=param_range(1e-6, 1e-1))
+    temperature_lr: float = field(default=3e-4, metadata=param_range(1e-6, 1e-1))
+    init_temperature: float = field(default=0.1, metadata=param_range(1e-4, 10.0))
+    batch_size: int = field(default=256, metadata=param_range(1, 8192))
+    critic_updates_per_step: int = field(default=2, metadata=param_range(1, 64, "update-to-data ratio"))
+    critic_updates_per_actor_update: int = field(default=1, metadata=param_range(1, 64, "RLPD push cube: 4"))
+    layer_norm: bool = field(default=False, metadata={"doc": "LayerNorm in the Q-networks (RLPD turns it on)"})
+    rlpd: bool = field(default=False, metadata={"doc": "half of each batch from offline data, layer-normed critic"})
+
+
+def pooled(tokens: torch.Tensor, present: torch.Tensor, n_vision: int) -> torch.Tensor:
+    """The parameter-free representation: mean over present vision tokens, then over present modalities."""
+    weights = present.float()[..., None]
+    vision = (tokens[:, :n_vision] * weights[:, :n_vision]).sum(1) / weights[:, :n_vision].sum(1).clamp(min=1)
+    modalities = torch.stack([vision, tokens[:, n_vision], tokens[:, n_vision + 1]], dim=1)
+    modality_present = torch.stack(
+        [present[:, :n_vision].any(1), present[:, n_vision], present[:, n_vision + 1]], dim=1
+    ).float()[..., None]
+    return (modalities * modality_present).sum(1) / modality_present.sum(1).clamp(min=1)
+
+
+class CrossAttentionBridge(nn.Module):
+    """One multi-head cross-attention layer with a learnable query; keys and values are the tokens.
+
+    With a single query, attention is computed without projecting every token: q.(W_k x + b_k) =
+    (W_k^T q).x + const, and sum_i a_i (W_v x_i + b_v) = W_v (sum_i a_i x_i) + b_v. This is the same layer as
+    a standard one, about 20x cheaper, which matters for a critic updated twice per environment step on a CPU.
+    """
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads, self.head_width = heads, width // heads
+        self.query = nn.Parameter(torch.randn(heads, self.head_width) * 0.02)
+        self.key = nn.Linear(width, width)
+        self.value = nn.Linear(width, width)
+        self.out = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width)
+        self.out_width = width
+
+    def forward(self, tokens: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        h, dh = self.heads, self.head_width
+        tokens = self.norm(tokens)
+        w_key = self.key.weight.view(h, dh, -1)  # per head: (dh, D)
+        key_query = torch.einsum("hd,hdk->hk", self.query, w_key) / math.sqrt(dh)  # (H, D)
+        scores = torch.einsum("bnk,hk->bhn", tokens, key_query).masked_fill(~present[:, None, :], float("-inf"))
+        attention = scores.softmax(dim=-1)  # (B, H, N)
+        mixed = torch.einsum("bhn,bnk->bhk", attention, tokens)  # (B, H, D)
+        w_value = self.value.weight.view(h, dh, -1)
+        values = torch.einsum("bhk,hdk->bhd", mixed, w_value) + self.value.bias.view(h, dh)
+        return self.out(values.reshape(len(tokens), h * dh))
+
+
+class PoolingBridge(nn.Module):
+    """Ablation: the critic gets the same parameter-free pooled vector as the actor."""
+
+    def __init__(self, width: int, n_vision: int):
+        super().__init__()
+        self.n_vision, self.out_width = n_vision, width
+
+    def forward(self, tokens: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        return pooled(tokens, present, self.n_vision)
+
+
+class ClsBridge(nn.Module):
+    """Ablation: a learnable CLS token joins the tokens in one self-attention block; its output is used."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.cls = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.block = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.out_width = width
+
+    def forward(self, tokens: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1)
+        padding = torch.cat([torch.zeros_like(present[:, :1]), ~present], dim=1)
+        return self.block(x, src_key_padding_mask=padding)[:, 0]
+
+
+class ConcatBridge(nn.Module):
+    """Ablation: every token (masked ones as zeros) concatenated and projected."""
+
+    def __init__(self, width: int, n_tokens: int, hidden: int):
+        super().__init__()
+        self.project = nn.Linear(width * n_tokens, hidden)
+        self.out_width = hidden
+
+    def forward(self, tokens: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        return self.project((tokens * present[..., None]).flatten(1))
+
+
+def make_bridge(config: AgentConfig, width: int, n_tokens: int) -> nn.Module:
+    n_vision = n_tokens - 2
+    if config.bridge == "cross_attention":
+        return CrossAttentionBridge(width, config.heads)
+    if config.bridge == "pooling":
+        return PoolingBridge(width, n_vision)
+    if config.bridge == "cls":
+        return ClsBridge(width, config.heads)
+    return ConcatBridge(width, n_tokens, config.hidden)
+
+
+def mlp(inputs: int, hidden: int, outputs: int, layer_norm: bool) -> nn.Sequential:
+    norm = (lambda: nn.LayerNorm(hidden)) if layer_norm else nn.Identity
+    layers = [nn.Linear(inputs, hidden), norm(), nn.ReLU(), nn.Linear(hidden, hidden), norm(), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(hidden, outputs))
+
+
+class Critic(nn.Module):
+    """Latent bridge over the tokens, then an ensemble of Q-networks on (bridge output, action)."""
+
+    def __init__(self, config: AgentConfig, width: int, n_tokens: int, action_dim: int):
+        super().__init__()
+        self.bridge = make_bridge(config, width, n_tokens)
+        layer_norm = config.layer_norm or config.rlpd
+        self.q = nn.ModuleList(
+            mlp(self.bridge.out_width + action_dim, config.hidden, 1, layer_norm) for _ in range(config.critics)
+        )
+
+    def forward(self, tokens: torch.Tensor, present: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """(critics, B) Q-values."""
+        x = torch.cat([self.bridge(tokens, present), action], dim=-1)
+        return torch.stack([q(x).squeeze(-1) for q in self.q])
+
+
+class Actor(nn.Module):
+    """Pooled embedding -> tanh-squashed Gaussian over the normalised action in [-1, 1]^A."""
+
+    def __init__(self, config: AgentConfig, width: int, action_dim: int):
+        super().__init__()
+        self.net = mlp(width, config.hidden, 2 * action_dim, layer_norm=False)
+
+    def forward(self, pooled_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.net(pooled_embedding).chunk(2, dim=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        return mean, log_std
+
+    def sample(self, pooled_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(action, log-probability, deterministic action), with the tanh change of variables."""
+        mean, log_std = self(pooled_embedding)
+        normal = torch.distributions.Normal(mean, log_std.exp())
+        raw = normal.rsample()
+        action = torch.tanh(raw)
+        log_prob = (normal.log_prob(raw) - 2 * (math.log(2) - raw - F.softplus(-2 * raw))).sum(-1)
+        return action, log_prob, torch.tanh(mean)
+
+
+class SACAgent(nn.Module):
+    """Soft actor-critic with automatic temperature over (tokens, presence, pooled) embeddings.
+
+    A batch is a dict of tensors: ``tokens`` (B, N, D), ``present`` (B, N) bool, ``pooled`` (B, D), ``action``
+    (B, A) in [-1, 1], ``reward`` (B,), ``terminal`` (B,) (1 where the episode ended for good, not at a time
+    limit), and the same three embedding fields for the next observation as ``next_tokens``, ``next_present``,
+    ``next_pooled``.
+    """
+
+    def __init__(self, config: AgentConfig, width: int, n_tokens: int, action_dim: int):
+        super().__init__()
+        self.config = config
+        self.n_vision = n_tokens - 2
+        self.critic = Critic(config, width, n_tokens, action_dim)
+        self.critic_target = Critic(config, width, n_tokens, action_dim)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.actor = Actor(config, width, action_dim)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(config.init_temperature)))
+        self.target_entropy = -float(action_dim)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.temperature_optimizer = torch.optim.Adam([self.log_temperature], lr=config.temperature_lr)
+        self.critic_updates = 0
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp()
+
+    @torch.no_grad()
+    def act(self, pooled_embedding: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        action, _, mean_action = self.actor.sample(pooled_embedding)
+        return mean_action if deterministic else action
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One critic update, plus an actor and temperature update every ``critic_updates_per_actor_update``."""
+        metrics = self.update_critic(batch)
+        self.critic_updates += 1
+        if self.critic_updates % self.config.critic_updates_per_actor_update == 0:
+            metrics.update(self.update_actor(batch))
+        return metrics
+
+    def update_critic(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        c = self.config
+        with torch.no_grad():
+            next_action, next_log_prob, _ = self.actor.sample(batch["next_pooled"])
+            next_q = self.critic_target(batch["next_tokens"], batch["next_present"], next_action).min(dim=0).values
+            soft_value = next_q - self.temperature * next_log_prob
+            target = batch["reward"] + c.gamma * (1.0 - batch["terminal"].float()) * soft_value
+        q = self.critic(batch["tokens"], batch["present"], batch["action"])
+        loss = F.mse_loss(q, target.expand_as(q), reduction="none").mean(dim=1).sum()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_optimizer.step()
+        with torch.no_grad():
+            for p, p_target in zip(self.critic.parameters(), self.critic_target.parameters(), strict=True):
+                p_target.lerp_(p, c.tau)
+        return {"critic_loss": loss.item(), "q": q.mean().item()}
+
+    def update_actor(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        action, log_prob, _ = self.actor.sample(batch["pooled"])
+        self.critic.requires_grad_(False)  # the actor's loss must not reach the critic (its bridge included)
+        q = self.critic(batch["tokens"], batch["present"], action).mean(dim=0)
+        self.critic.requires_grad_(True)
+        actor_loss = (self.temperature.detach() * log_prob - q).mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_optimizer.step()
+        temperature_loss = -(self.log_temperature * (log_prob.detach() + self.target_entropy)).mean()
+        self.temperature_optimizer.zero_grad(set_to_none=True)
+        temperature_loss.backward()
+        self.temperature_optimizer.step()
+        entropy = -log_prob.mean().item()
+        return {"actor_loss": actor_loss.item(), "temperature": self.temperature.item(), "entropy": entropy}
