@@ -73,7 +73,7 @@ class FrozenEncoder:
 
     @torch.no_grad()
     def reconstruction_panel(self, observation: Observation, seed: int = 0) -> np.ndarray:
-        """Camera | encoder input with the pretraining mask (grey = masked) | decoded image, side by side (rgb8).
+        """Camera | encoder input with the pretraining mask (grey = masked) | reconstruction, side by side (rgb8).
 
         MSDP-P checkpoints decode the next frame; they get the mean action (normalised zero).
         """
@@ -84,6 +84,8 @@ class FrozenEncoder:
         tokens = self.model.tokenize(b["image"], b["wrench"], b["proprio"])
         latents, ids, valid = self.model.encode_tokens(tokens, keep)
         action = b["action"] if c.objective == "prediction" else None
-        decoded = self.model.unpatchify(self.model.decode(latents, ids, valid, action)["vision"])[0].numpy()
+        decoded = self.model.unpatchify(self.model.decode(latents, ids, valid, action)["vision"])
+        if action is None:  # MSDP-R: the reconstruction in place of what the encoder did not see
+            decoded = self.model.show_mask(b["image"], keep, fill=decoded)
         masked = self.model.show_mask(b["image"], keep)[0].numpy()
-        return np.hstack([observation.image, masked, decoded])
+        return np.hstack([observation.image, masked, decoded[0].numpy()])

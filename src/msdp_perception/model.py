@@ -320,12 +320,12 @@ class MSDPModel(nn.Module):
         x = x * self.normalizer.image_std + self.normalizer.image_mean
         return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
-    def show_mask(self, image: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """The encoder's view for previews: (B, H, W, 3) uint8 with the masked vision patches grey."""
+    def show_mask(self, image: torch.Tensor, keep: torch.Tensor, fill: torch.Tensor | None = None) -> torch.Tensor:
+        """For previews: (B, H, W, 3) uint8 ``image`` where the encoder saw it, ``fill`` (default grey) elsewhere."""
         c = self.config
         patches = keep[:, : c.vision_tokens].reshape(-1, c.vision_grid, c.vision_grid)
         pixels = patches.repeat_interleave(c.patch_size, 1).repeat_interleave(c.patch_size, 2)[..., None]
-        return torch.where(pixels, image, torch.full_like(image, 128))
+        return torch.where(pixels, image, torch.full_like(image, 128) if fill is None else fill)
 
     def forward(self, batch: dict[str, torch.Tensor], keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One pretraining step's losses (per modality and ``loss``) and predictions.

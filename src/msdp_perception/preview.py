@@ -41,13 +41,16 @@ def plot_preview(model: MSDPModel, source, indices: np.ndarray, path: Path, seed
     out = model(batch, keep=keep)
     prefix = "next_" if model.config.objective == "prediction" else ""
     target = model.targets(batch[f"{prefix}image"], batch[f"{prefix}wrench"], batch[f"{prefix}proprio"])
-    predicted_image = model.unpatchify(out["pred"]["vision"]).numpy()
+    predicted_image = model.unpatchify(out["pred"]["vision"])
+    if not prefix:  # MSDP-R: show what it reconstructed, in place of what it did not see (as MAE does)
+        predicted_image = model.show_mask(batch["image"], keep, fill=predicted_image)
+    predicted_image = predicted_image.numpy()
     c = model.config
     masked_input = model.show_mask(batch["image"], keep).numpy()
 
     n = len(indices)
     fig, axes = plt.subplots(n, 5, figsize=(13, 2.4 * n), squeeze=False)
-    titles = ("encoder input", "target" if prefix else "original", "prediction", "F/T window", "joints")
+    titles = ("encoder input", "target" if prefix else "original", "prediction" if prefix else "seen + reconstructed")
     for row in range(n):
         ax = axes[row]
         for col, image in enumerate((masked_input[row], batch[f"{prefix}image"][row].numpy(), predicted_image[row])):
@@ -66,8 +69,8 @@ def plot_preview(model: MSDPModel, source, indices: np.ndarray, path: Path, seed
         ax[3].set_title(f"F/T (normalised), token {ft_seen}", fontsize=8)
         ax[4].set_title(f"q, dq (normalised), token {joints_seen}", fontsize=8)
         if row == 0:
-            for col in range(3):
-                ax[col].set_title(titles[col], fontsize=8)
+            for col, title in enumerate(titles):
+                ax[col].set_title(title, fontsize=8)
             ax[3].legend(fontsize=6, ncol=3)
             ax[4].legend(fontsize=6)
     fig.suptitle(f"MSDP-{'P' if prefix else 'R'} on held-out samples ({c.mask_ratio:.0%} of tokens masked)")
