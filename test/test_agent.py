@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from msdp.config import ConfigError, from_dict
-from msdp_policy.agent import BRIDGES, AgentConfig, CrossAttentionBridge, SACAgent, pooled
+from msdp_perception.model import pool_tokens as pooled
+from msdp_policy.agent import BRIDGES, AgentConfig, CrossAttentionBridge, SACAgent
 
 WIDTH, N_TOKENS, ACTIONS = 16, 10, 4  # 8 vision tokens + F/T + proprioception
 

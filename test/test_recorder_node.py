@@ -70,9 +70,10 @@ class TestRecorder:
         assert 7.0 < rate(bag, "/camera/image_raw") < 14.0
         assert 80.0 < rate(bag, "/joint_states") < 110.0  # simulated time: one state per 10 ms step
         assert 7.0 < rate(bag, "/msdp/action") < 14.0
-        # Bag time is the node clock, simulated time here: it matches the driver's header stamps.
+        # Bag time is the node clock, simulated time here: it follows the driver's header stamps (receive lag
+        # on a loaded machine can reach a few hundred ms; wall-clock time would be decades off).
         for _, _, timestamp, msg in open_bag(bag, ["/franka/ee_pose"]):
-            assert abs(timestamp - stamp_nanoseconds(msg.header)) < 50_000_000
+            assert abs(timestamp - stamp_nanoseconds(msg.header)) < 1_000_000_000
         dataset = BagDataset([bag], progress=False)
         assert len(dataset) >= 20 and dataset.present.all(axis=1).mean() > 0.9
         assert dataset.images.shape[1:] == (64, 64, 3)

@@ -32,15 +32,12 @@ from msdp.ros_params import declare_config
 from msdp_franka_driver.backend import ArmBackend, ArmSnapshot
 from msdp_franka_driver.control_law import ImpedanceConfig, SafetyConfig
 from msdp_franka_driver.env import EnvConfig
-from msdp_franka_driver.fr3_model import JOINT_NAMES
+from msdp_franka_driver.fr3_model import BASE_FRAME, CAMERA_FRAME, FT_FRAME, JOINT_NAMES
 from msdp_franka_driver.libfranka_backend import LibfrankaConfig
 from msdp_franka_driver.mujoco_backend import SimConfig
 from msdp_franka_driver.pose import quat_to_matrix
 from msdp_franka_driver.tasks import TaskConfig
 
-BASE_FRAME = "fr3_link0"
-FT_FRAME = "ft_sensor"
-CAMERA_FRAME = "third_person_camera"
 RETURN_TOLERANCE = 0.002  # m: ~/reset on the real arm is done this close to the start pose
 
 

@@ -165,6 +165,10 @@ LINKS = (
 )
 
 JOINT_NAMES = tuple(f"{PREFIX}joint{i}" for i in range(1, 8))
+# Frame ids of the published data (REP 103/105), shared by the driver, the recorders and the bag writers.
+BASE_FRAME = f"{PREFIX}link0"
+FT_FRAME = "ft_sensor"
+CAMERA_FRAME = "third_person_camera"
 EFFORT_LIMITS = tuple(link.effort for link in LINKS)
 
 

@@ -19,13 +19,10 @@ from tqdm import tqdm
 
 from msdp.config import ConfigError, from_dict, param_range, to_dict
 from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
-from msdp_franka_driver.fr3_model import JOINT_NAMES
+from msdp_franka_driver.fr3_model import BASE_FRAME, CAMERA_FRAME, FT_FRAME, JOINT_NAMES
 from msdp_franka_driver.tasks import TaskConfig
 from msdp_perception.bags import TYPESTORE, BagError, BagWriter
 
-CAMERA_FRAME = "third_person_camera"
-FT_FRAME = "ft_sensor"
-BASE_FRAME = "fr3_link0"
 EPISODE_GAP_NS = 1_000_000_000  # simulated time between one episode's end and the next one's start
 WRENCH_PERIOD_NS = 10_000_000  # the F/T readings in an observation are 100 Hz samples, the newest at t
 

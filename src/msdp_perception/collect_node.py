@@ -38,10 +38,10 @@ from std_srvs.srv import Trigger
 from msdp.config import ConfigError, param_range
 from msdp.ros_node import run_node
 from msdp.ros_params import declare_config
+from msdp_franka_driver.fr3_model import BASE_FRAME
 from msdp_franka_driver.tasks import TASKS, TaskConfig, target_after
 from msdp_perception.messages import stamp_nanoseconds
 
-BASE_FRAME = "fr3_link0"
 RESET_SERVICE = "/franka_driver/reset"
 POSE_TOPIC, IMAGE_TOPIC = "/franka/ee_pose", "/camera/image_raw"
 REST_TOLERANCE = 0.001  # m per control period: the arm is at rest when it moves less

@@ -61,10 +61,11 @@ class EncoderNodeConfig:
 
 
 def image_msg(array: np.ndarray, encoding: str, stamp, frame_id: str) -> Image:
+    array = np.ascontiguousarray(array)
     msg = Image(height=array.shape[0], width=array.shape[1], encoding=encoding, is_bigendian=0)
     msg.header.stamp, msg.header.frame_id = stamp, frame_id
     msg.step = array.strides[0]
-    msg.data = np.ascontiguousarray(array).tobytes()
+    msg.data = array.tobytes()
     return msg
 
 

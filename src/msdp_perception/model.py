@@ -199,6 +199,18 @@ def mlp_head(width: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, out))
 
 
+def pool_tokens(tokens: torch.Tensor, token_present: torch.Tensor, n_vision: int) -> torch.Tensor:
+    """The parameter-free pooled representation (the actor's input): the mean over the present vision tokens,
+    then the mean over the present modalities (pooled vision, F/T token, proprioception token)."""
+    weights = token_present.float()[..., None]
+    vision = (tokens[:, :n_vision] * weights[:, :n_vision]).sum(1) / weights[:, :n_vision].sum(1).clamp(min=1)
+    per_modality = torch.stack([vision, tokens[:, n_vision], tokens[:, n_vision + 1]], dim=1)
+    modality_present = torch.stack(
+        [token_present[:, :n_vision].any(1), token_present[:, n_vision], token_present[:, n_vision + 1]], dim=1
+    ).float()[..., None]
+    return (per_modality * modality_present).sum(1) / modality_present.sum(1).clamp(min=1)
+
+
 class MSDPModel(nn.Module):
     def __init__(self, config: MSDPConfig | None = None):
         super().__init__()
@@ -375,9 +387,5 @@ class MSDPModel(nn.Module):
         full = torch.zeros_like(tokens).scatter(
             1, ids[..., None].expand(-1, -1, tokens.shape[-1]), latents * valid[..., None]
         )
-        n_vision = self.config.vision_tokens
-        vision = full[:, :n_vision].sum(1) / token_present[:, :n_vision].sum(1, keepdim=True).clamp(min=1)
-        per_modality = torch.stack([vision, full[:, n_vision], full[:, n_vision + 1]], dim=1)
-        weights = present.float()[..., None]
-        pooled = (per_modality * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        pooled = pool_tokens(full, token_present, self.config.vision_tokens)
         return Embedding(full, token_present, pooled)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msdp.config import param_range
+from msdp_perception.model import pool_tokens
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 BRIDGES = ("cross_attention", "pooling", "cls", "concat")
@@ -46,17 +47,6 @@ class AgentConfig:
     critic_updates_per_actor_update: int = field(default=1, metadata=param_range(1, 64, "RLPD push cube: 4"))
     layer_norm: bool = field(default=False, metadata={"doc": "LayerNorm in the Q-networks (RLPD turns it on)"})
     rlpd: bool = field(default=False, metadata={"doc": "half of each batch from offline data, layer-normed critic"})
-
-
-def pooled(tokens: torch.Tensor, present: torch.Tensor, n_vision: int) -> torch.Tensor:
-    """The parameter-free representation: mean over present vision tokens, then over present modalities."""
-    weights = present.float()[..., None]
-    vision = (tokens[:, :n_vision] * weights[:, :n_vision]).sum(1) / weights[:, :n_vision].sum(1).clamp(min=1)
-    modalities = torch.stack([vision, tokens[:, n_vision], tokens[:, n_vision + 1]], dim=1)
-    modality_present = torch.stack(
-        [present[:, :n_vision].any(1), present[:, n_vision], present[:, n_vision + 1]], dim=1
-    ).float()[..., None]
-    return (modalities * modality_present).sum(1) / modality_present.sum(1).clamp(min=1)
 
 
 class CrossAttentionBridge(nn.Module):
@@ -98,7 +88,7 @@ class PoolingBridge(nn.Module):
         self.n_vision, self.out_width = n_vision, width
 
     def forward(self, tokens: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        return pooled(tokens, present, self.n_vision)
+        return pool_tokens(tokens, present, self.n_vision)
 
 
 class ClsBridge(nn.Module):
