@@ -28,3 +28,5 @@ bench: env
 	$(PY) bench/bag_read.py
 	$(PY) bench/pretrain.py
 	$(PY) bench/encoder_latency.py
+	$(PY) bench/learner.py
+	$(PY) bench/transition_log.py
