@@ -61,13 +61,12 @@ class Schema:
             parts.append(np.ascontiguousarray(value, dtype=dtype).tobytes())
         return b"".join(parts)
 
-    def decode(self, payloads: bytes, count: int) -> dict[str, np.ndarray]:
-        """``count`` payloads back to back -> one array per field, (count, *shape)."""
-        rows = np.frombuffer(payloads, dtype=np.uint8).reshape(count, self.record_size)
+    def decode(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Payloads as a (count, record_size) uint8 array -> one array per field, (count, *shape)."""
         out, start = {}, 0
         for name, (dtype, shape) in self.fields.items():
             size = self.sizes[name]
-            out[name] = rows[:, start : start + size].copy().view(dtype).reshape(count, *shape)
+            out[name] = np.ascontiguousarray(rows[:, start : start + size]).view(dtype).reshape(len(rows), *shape)
             start += size
         return out
 
@@ -169,7 +168,7 @@ class TransitionReader:
             return 0
         step = HEADER.size + self.schema.record_size
         records = np.frombuffer(data[:end], dtype=np.uint8).reshape(count, step)[:, HEADER.size :]
-        new = self.schema.decode(records.tobytes(), count)
+        new = self.schema.decode(records)
         needed = self.count + count
         for name, buffer in self._buffers.items():
             if needed > len(buffer):
