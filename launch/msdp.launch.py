@@ -5,6 +5,9 @@
     ... rviz:=true task:=peg|push_cube|close_drawer
     ... checkpoint:=runs/pretrain/encoder.safetensors    # also run the encoder node (/msdp/embedding)
     ... record:=bags/session1                            # also record the topics to a rosbag (MCAP)
+    ... checkpoint:=... learn:=runs/online               # also the policy and learner nodes: online RL,
+                                                         # transitions and checkpoints in runs/online
+    ... checkpoint:=... policy:=runs/x/policy.safetensors deterministic:=true   # run a trained policy
 
 The simulated arm publishes /clock and stamps with simulated time, so the other nodes and rviz follow it with
 use_sim_time.
@@ -24,6 +27,7 @@ def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory("msdp")
     backend = LaunchConfiguration("backend")
     simulated = PythonExpression(["'", backend, "' == 'mujoco'"])
+    learn, policy = LaunchConfiguration("learn"), LaunchConfiguration("policy")
     return LaunchDescription(
         [
             DeclareLaunchArgument("backend", default_value="mujoco", description="mujoco | libfranka"),
@@ -32,6 +36,9 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("rviz", default_value="false", description="start rviz2 with config/msdp.rviz"),
             DeclareLaunchArgument("checkpoint", default_value="", description="encoder checkpoint; empty = no encoder"),
             DeclareLaunchArgument("record", default_value="", description="bag folder to record to; empty = none"),
+            DeclareLaunchArgument("learn", default_value="", description="online RL run folder; empty = no learning"),
+            DeclareLaunchArgument("policy", default_value="", description="policy.safetensors to act with"),
+            DeclareLaunchArgument("deterministic", default_value="false", description="policy: mean action"),
             Node(
                 package="msdp",
                 executable="driver_node",
@@ -67,6 +74,39 @@ def generate_launch_description() -> LaunchDescription:
                     {"output": LaunchConfiguration("record"), "use_sim_time": simulated},
                 ],
                 condition=IfCondition(PythonExpression(["'", LaunchConfiguration("record"), "' != ''"])),
+            ),
+            Node(
+                package="msdp",
+                executable="policy_node",
+                name="msdp_policy",
+                output="screen",
+                parameters=[
+                    os.path.join(share, "config", "policy.yaml"),
+                    {
+                        "transitions": PythonExpression(["'", learn, "' or 'runs/eval'", " + '/transitions'"]),
+                        "policy": LaunchConfiguration("policy"),
+                        "deterministic": LaunchConfiguration("deterministic"),
+                        "task.name": LaunchConfiguration("task"),
+                        "use_sim_time": simulated,
+                    },
+                ],
+                condition=IfCondition(PythonExpression(["'", learn, "' != '' or '", policy, "' != ''"])),
+            ),
+            Node(
+                package="msdp",
+                executable="learner_node",
+                name="msdp_learner",
+                output="screen",
+                parameters=[
+                    os.path.join(share, "config", "learner.yaml"),
+                    {
+                        "transitions": PythonExpression(["'", learn, "' + '/transitions'"]),
+                        "out": learn,
+                        "encoder_checkpoint": LaunchConfiguration("checkpoint"),
+                        "task.name": LaunchConfiguration("task"),
+                    },
+                ],
+                condition=IfCondition(PythonExpression(["'", learn, "' != ''"])),
             ),
             Node(
                 package="rviz2",

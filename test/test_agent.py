@@ -66,12 +66,14 @@ def test_only_the_critic_loss_trains_the_bridge_and_the_actor_never_touches_the_
     b = batch()
     critic_before = {k: v.clone() for k, v in agent.critic.state_dict().items()}
     actor_before = {k: v.clone() for k, v in agent.actor.state_dict().items()}
-    agent.update_actor(b)
+    observation, next_observation = agent.features(b), agent.features(b, "next_")
+    latent = agent.critic.bridge(observation.tokens, observation.token_present).detach()
+    agent.update_actor(observation.pooled, latent)
     assert all(torch.equal(v, agent.critic.state_dict()[k]) for k, v in critic_before.items())
     assert all(p.grad is None for p in agent.critic.parameters())
     assert any(not torch.equal(v, agent.actor.state_dict()[k]) for k, v in actor_before.items())
     actor_before = {k: v.clone() for k, v in agent.actor.state_dict().items()}
-    agent.update_critic(b)
+    agent.update_critic(b, observation, next_observation)
     assert not torch.equal(critic_before["bridge.query"], agent.critic.state_dict()["bridge.query"])
     assert all(torch.equal(v, agent.actor.state_dict()[k]) for k, v in actor_before.items())
     # the target critic trails the critic by Polyak averaging

@@ -115,6 +115,57 @@ def _encoder(args: argparse.Namespace) -> int:
     return main(["--ros-args", *(["--params-file", args.params] if args.params else []), *params])
 
 
+def _train(args: argparse.Namespace) -> int:
+    from msdp.config import from_dict, load_yaml, to_dict
+    from msdp_policy.training import TrainConfig, train
+
+    config = to_dict(load_yaml(TrainConfig, args.config))
+    overrides = {
+        "steps": args.steps,
+        "seed": args.seed,
+        "encoder_variant": args.encoder_variant,
+        "sensors": args.sensors,
+    }
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    if args.task:
+        config["env"]["task"]["name"] = args.task
+    if args.bridge:
+        config["agent"]["bridge"] = args.bridge
+    out = Path(args.out or f"runs/train_{config['env']['task']['name']}_{config['encoder_variant']}_s{config['seed']}")
+    summary = train(
+        from_dict(TrainConfig, config), Path(args.encoder), out, args.resume, [Path(p) for p in args.offline]
+    )
+    final = summary["final"]
+    print(
+        f"train: {summary['env_steps']} environment steps in {summary['wall_s'] / 60:.1f} min "
+        f"({summary['env_steps'] / summary['wall_s']:.1f} steps/s); final success {final['success_rate']:.0%}, "
+        f"return {final['return']:.2f}; policy {out / 'policy.safetensors'}, curves {out / 'curves.png'}"
+    )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from msdp_policy.evaluation import Perturbations, evaluate_policy
+
+    perturbations = Perturbations(args.image_noise, args.ft_noise, args.stiffness, args.mass_scale, args.friction_scale)
+    result = evaluate_policy(args.policy, args.episodes, perturbations, args.task, args.encoder, not args.stochastic)
+    print(
+        f"eval: success {result['success_rate']:.0%} over {result['episodes']} episodes "
+        f"(return {result['return']:.2f}, mean length {result['episode_length']:.1f} steps); perturbations: "
+        f"{result['perturbations'] or 'none'}"
+    )
+    return 0
+
+
+def _curves(args: argparse.Namespace) -> int:
+    from msdp_policy.training import plot_learning_curves, read_rows
+
+    runs = {Path(run).name: read_rows(Path(run) / "metrics.csv") for run in args.runs}
+    plot_learning_curves(runs, Path(args.out))
+    print(f"curves: {len(runs)} run(s) in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msdp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,6 +228,39 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--params", help="ROS parameter file (e.g. config/encoder.yaml)")
     enc.add_argument("--sim-time", action="store_true", help="use /clock (next to the simulated arm)")
     enc.set_defaults(func=_encoder)
+
+    tr = sub.add_parser("train", help="learn a policy on a simulated task in one process (SAC / RLPD, no ROS)")
+    tr.add_argument("--encoder", required=True, help="encoder.safetensors from msdp pretrain")
+    tr.add_argument("--task", choices=("peg", "push_cube", "close_drawer"), help="default: from --config (peg)")
+    tr.add_argument("--steps", type=int, help="environment steps (default: from --config, 200000)")
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--encoder-variant", choices=("msdp_frozen", "scratch"))
+    tr.add_argument("--sensors", help="sensor subset, e.g. vision,ft (default: all)")
+    tr.add_argument("--bridge", choices=("cross_attention", "pooling", "cls", "concat"))
+    tr.add_argument("--threads", type=int, help="torch threads (default: from --config, 1)")
+    tr.add_argument("--offline", nargs="*", default=[], help="transition logs for RLPD (agent.rlpd: true)")
+    tr.add_argument("--out", help="run folder (default: runs/train_<task>_<variant>_s<seed>)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tr.add_argument("--config", default=str(CONFIG_DIR / "train.yaml"))
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="success rate of a trained policy on a simulated task, with perturbations")
+    ev.add_argument("--policy", required=True, help="policy.safetensors from msdp train")
+    ev.add_argument("--task", help="default: the task the policy was trained on")
+    ev.add_argument("--episodes", type=int, default=50)
+    ev.add_argument("--image-noise", type=float, default=0.0, help="Gaussian pixel noise std (0-255 scale)")
+    ev.add_argument("--ft-noise", type=float, default=0.0, help="Gaussian F/T noise std (N, Nm)")
+    ev.add_argument("--stiffness", type=float, help="translational stiffness, N/m (trained at 2000)")
+    ev.add_argument("--mass-scale", type=float, default=1.0, help="object mass x")
+    ev.add_argument("--friction-scale", type=float, default=1.0, help="object friction x")
+    ev.add_argument("--stochastic", action="store_true", help="sample actions instead of the mean")
+    ev.add_argument("--encoder", help="override the encoder checkpoint named in the policy")
+    ev.set_defaults(func=_eval)
+
+    cv = sub.add_parser("curves", help="plot several training runs' learning curves in one PNG")
+    cv.add_argument("runs", nargs="+", help="run folders (each with metrics.csv)")
+    cv.add_argument("--out", default="runs/curves.png")
+    cv.set_defaults(func=_curves)
     return parser
 
 

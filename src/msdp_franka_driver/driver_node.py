@@ -3,7 +3,8 @@
 Topics (base frame ``fr3_link0``, SI units):
   publishes  /joint_states (sensor_msgs/JointState), /franka/ee_pose (geometry_msgs/PoseStamped),
              /msdp/markers (workspace box, target, wrench arrow), /diagnostics (1 Hz: control loop health);
-             mujoco backend also /camera/image_raw (rgb8), /ft_sensor/wrench (frame ``ft_sensor``) and /clock
+             mujoco backend also /camera/image_raw (rgb8), /ft_sensor/wrench (frame ``ft_sensor``), /clock,
+             and /msdp/task_goal (latched PoseStamped: the episode's goal, e.g. the peg hole, yaw about z)
   subscribes /franka/equilibrium_pose (geometry_msgs/PoseStamped): the impedance target
   services   ~/reset, ~/recover (std_srvs/Trigger)
 With the mujoco backend, stamps are simulated time and /clock is published: run the other nodes with
@@ -12,6 +13,7 @@ With the mujoco backend, stamps are simulated time and /clock is published: run 
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 
@@ -20,13 +22,14 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PoseStamped, WrenchStamped
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
 from msdp.config import ConfigError, param_range
+from msdp.markers import workspace_box_marker
 from msdp.ros_node import run_node
 from msdp.ros_params import declare_config
 from msdp_franka_driver.backend import ArmBackend, ArmSnapshot
@@ -109,6 +112,11 @@ class FrankaDriverNode(Node):
             self.clock_pub = self.create_publisher(Clock, "/clock", 10)
             self.sim_time_owed = 0.0  # s of simulated time the wall clock is ahead by
             self.next_camera_time = start.time
+            latched = QoSProfile(
+                depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+            )
+            self.goal_pub = self.create_publisher(PoseStamped, "/msdp/task_goal", latched)
+            self.publish_task_goal()
         self.create_timer(1.0 / self.config.state_rate, self.on_tick)
         if self.config.marker_rate > 0:
             self.create_timer(1.0 / self.config.marker_rate, self.publish_markers)
@@ -184,11 +192,24 @@ class FrankaDriverNode(Node):
         self.target = None
         if self.simulated:
             response.success, response.message = True, self.backend.reset()
+            self.publish_task_goal()
         else:
             self.returning = True
             position = ", ".join(f"{v:.3f}" for v in self.start_pose[0])
             response.success, response.message = True, f"returning to the start pose ({position}) m"
         return response
+
+    def publish_task_goal(self) -> None:
+        """Simulation: the episode's goal pose (e.g. the peg hole), for the policy node's reward and success."""
+        env = self.backend.env
+        goal = env.task.goal_pose(env.task.privileged_state(env.sim))
+        if goal is None:
+            return
+        msg = PoseStamped()
+        msg.header.stamp, msg.header.frame_id = self.now_msg(self.backend.snapshot()), BASE_FRAME
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in goal[0])
+        msg.pose.orientation.z, msg.pose.orientation.w = math.sin(goal[1] / 2), math.cos(goal[1] / 2)
+        self.goal_pub.publish(msg)
 
     def on_recover(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         try:
@@ -238,7 +259,14 @@ class FrankaDriverNode(Node):
     def publish_markers(self) -> None:
         snapshot = self.backend.snapshot()
         now = self.now_msg(snapshot)
-        markers = MarkerArray(markers=[self.workspace_marker(now), self.wrench_marker(now, snapshot)])
+        markers = MarkerArray(
+            markers=[
+                workspace_box_marker(
+                    self.config.safety.workspace_min, self.config.safety.workspace_max, now, "workspace"
+                ),
+                self.wrench_marker(now, snapshot),
+            ]
+        )
         if self.target is not None:
             target = Marker(ns="target", id=0, type=Marker.SPHERE, action=Marker.ADD)
             target.header.stamp, target.header.frame_id = now, BASE_FRAME
@@ -247,20 +275,6 @@ class FrankaDriverNode(Node):
             target.color.r, target.color.g, target.color.a = 1.0, 0.6, 0.9
             markers.markers.append(target)
         self.marker_pub.publish(markers)
-
-    def workspace_marker(self, now: Time) -> Marker:
-        low, high = self.config.safety.workspace_min, self.config.safety.workspace_max
-        box = Marker(ns="workspace", id=0, type=Marker.LINE_LIST, action=Marker.ADD)
-        box.header.stamp, box.header.frame_id = now, BASE_FRAME
-        box.pose.orientation.w = 1.0
-        box.scale.x = 0.003
-        box.color.g, box.color.b, box.color.a = 0.8, 1.0, 0.8
-        corners = [(x, y, z) for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])]
-        for i, a in enumerate(corners):
-            for b in corners[i + 1 :]:
-                if sum(u != v for u, v in zip(a, b, strict=True)) == 1:  # box edges differ in one axis
-                    box.points += [Point(x=a[0], y=a[1], z=a[2]), Point(x=b[0], y=b[1], z=b[2])]
-        return box
 
     def wrench_marker(self, now: Time, snapshot: ArmSnapshot) -> Marker:
         arrow = Marker(ns="wrench", id=0, type=Marker.ARROW, action=Marker.ADD)
@@ -287,6 +301,7 @@ class FrankaDriverNode(Node):
 
 def main(argv: list[str] | None = None) -> int:
     return run_node("franka_driver", FrankaDriverNode, argv, startup_errors=(RuntimeError, TimeoutError))
+
 
 if __name__ == "__main__":
     sys.exit(main())

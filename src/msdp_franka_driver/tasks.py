@@ -79,11 +79,33 @@ class Task:
         raise NotImplementedError
 
     def score(self, sim: SimulatedFranka) -> Score:
+        tip, orientation = sim.tcp_pose()
+        return self.score_state(tip, orientation, self.privileged_state(sim))
+
+    def score_state(self, tip: np.ndarray, orientation: np.ndarray, state: dict[str, np.ndarray]) -> Score:
+        """Reward and success from the tool pose and the task state (the simulator's, or a measured goal)."""
         raise NotImplementedError
 
     def privileged_state(self, sim: SimulatedFranka) -> dict[str, np.ndarray]:
-        """Ground-truth object state for scripted policies and logging (never in the observation)."""
+        """Ground-truth object state for scoring, scripted policies and logging (never in the observation)."""
         return {}
+
+    def goal_pose(self, state: dict[str, np.ndarray]) -> tuple[np.ndarray, float] | None:
+        """The goal as a pose (position, yaw) when a fixed goal is all scoring needs, else None.
+
+        Over ROS the policy node scores episodes from the tool pose and this goal (published by the simulated
+        driver on /msdp/task_goal, or measured once on the real cell); tasks with moving objects would need
+        object tracking, which the stack does not have.
+        """
+        return None
+
+    def state_from_goal(self, position: np.ndarray, yaw: float) -> dict[str, np.ndarray]:
+        raise NotImplementedError(f"task {self.name}: scoring needs object states that a goal pose does not give")
+
+
+def peg_yaw_error(orientation: np.ndarray, hole_yaw: float) -> float:
+    """Peg-to-hole yaw error, modulo the triangle's 120 degree symmetry."""
+    return _wrap(hole_yaw - _tcp_yaw(orientation), 2 * math.pi / 3)
 
 
 class PegInsertion(Task):
@@ -139,19 +161,24 @@ class PegInsertion(Task):
         yaw = math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
         return {"hole_position": sim.model.body_pos[fixture].copy(), "hole_yaw": np.array(yaw)}
 
-    def yaw_error(self, sim) -> float:
-        """Peg-to-hole yaw error, modulo the triangle's 120 degree symmetry."""
-        _, orientation = sim.tcp_pose()
-        return _wrap(float(self.privileged_state(sim)["hole_yaw"]) - _tcp_yaw(orientation), 2 * math.pi / 3)
+    def goal_pose(self, state):
+        return np.asarray(state["hole_position"], dtype=float), float(state["hole_yaw"])
 
-    def score(self, sim):
-        tip, _ = sim.tcp_pose()
-        hole = self.privileged_state(sim)["hole_position"]
+    def state_from_goal(self, position, yaw):
+        return {"hole_position": np.asarray(position, dtype=float), "hole_yaw": np.array(yaw)}
+
+    def yaw_error(self, sim) -> float:
+        _, orientation = sim.tcp_pose()
+        return peg_yaw_error(orientation, float(self.privileged_state(sim)["hole_yaw"]))
+
+    def score_state(self, tip, orientation, state):
+        hole = np.asarray(state["hole_position"], dtype=float)
         goal = hole + np.array([0.0, 0.0, HOLE_DEPTH - self.success_depth - 0.005])
         lateral = float(np.linalg.norm(tip[:2] - hole[:2]))
         depth = hole[2] + HOLE_DEPTH - tip[2]
         success = depth >= self.success_depth and lateral < PEG_SIDE / (2 * math.sqrt(3)) + HOLE_CLEARANCE
-        reward = -float(np.linalg.norm(tip - goal)) - 0.05 * abs(self.yaw_error(sim))
+        yaw_error = peg_yaw_error(orientation, float(state["hole_yaw"]))
+        reward = -float(np.linalg.norm(tip - goal)) - 0.05 * abs(yaw_error)
         return Score(reward, bool(success), False)
 
     def scripted_action(self, sim: SimulatedFranka, config: TaskConfig) -> np.ndarray:
@@ -223,9 +250,7 @@ class PushCube(Task):
             "goal_position": sim.model.body_pos[sim.model.body("goal").id].copy(),
         }
 
-    def score(self, sim):
-        state = self.privileged_state(sim)
-        tip, _ = sim.tcp_pose()
+    def score_state(self, tip, orientation, state):
         cube, goal = state["cube_position"], state["goal_position"]
         to_goal = float(np.linalg.norm(cube[:2] - goal[:2]))
         reward = -to_goal - 0.5 * float(np.linalg.norm(tip - cube))
@@ -275,13 +300,15 @@ class CloseDrawer(Task):
 
     def privileged_state(self, sim):
         qpos, dof = self._joint(sim)
-        return {"opening": np.array(sim.data.qpos[qpos]), "opening_speed": np.array(sim.data.qvel[dof])}
+        return {
+            "opening": np.array(sim.data.qpos[qpos]),
+            "opening_speed": np.array(sim.data.qvel[dof]),
+            "front_position": sim.data.geom("drawer_front").xpos.copy(),
+        }
 
-    def score(self, sim):
-        state = self.privileged_state(sim)
+    def score_state(self, tip, orientation, state):
         opening, speed = float(state["opening"]), abs(float(state["opening_speed"]))
-        tip, _ = sim.tcp_pose()
-        front = sim.data.geom("drawer_front").xpos
+        front = state["front_position"]
         reach = float(np.linalg.norm(tip - (front + np.array([-0.01, 0.0, 0.0]))))
         reward = -opening - 0.3 * reach - 0.5 * max(0.0, speed - self.gentle_speed)
         success = opening < self.closed_tolerance and speed < self.gentle_speed

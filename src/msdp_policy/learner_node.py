@@ -1,0 +1,156 @@
+"""Learner node: reads the transition log, updates critic and actor, publishes actor weights and checkpoints.
+
+reads       the transition log folder the policy node writes (``transitions``: a local or shared folder, so
+            the learner can run on another machine)
+publishes   /msdp/actor_weights (std_msgs/UInt8MultiArray, latched: a safetensors blob of the actor; the
+            layout's first dimension label names the version, "critic_updates=N env_steps=M")
+writes      ``out``/agent.pt (everything needed to resume; a restarted learner picks it up) and
+            ``out``/policy.safetensors (what ``msdp eval`` and the policy node load)
+Updates run in short bursts from a timer at the configured update-to-data ratio (the same ``Learner`` as
+``msdp train``), so the node stays responsive to Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rclpy.node import Node
+from std_msgs.msg import MultiArrayDimension, UInt8MultiArray
+
+from msdp.config import ConfigError, param_range, to_dict
+from msdp.ros_node import run_node
+from msdp.ros_params import declare_config
+from msdp_franka_driver.tasks import TaskConfig
+from msdp_policy.agent import AgentConfig, SACAgent
+from msdp_policy.learner import Learner, actor_to_bytes
+from msdp_policy.policy import PolicyInfo, save_policy
+from msdp_policy.policy_node import LATCHED
+from msdp_policy.replay import Replay
+from msdp_policy.transition_log import SCHEMA_FILE, TransitionLogError, TransitionReader
+
+
+@dataclass(frozen=True)
+class LearnerNodeConfig:
+    transitions: str = field(default="runs/online/transitions", metadata={"doc": "the policy's transition log"})
+    out: str = field(default="runs/online", metadata={"doc": "checkpoint folder (agent.pt, policy.safetensors)"})
+    offline: str = field(default="", metadata={"doc": "RLPD: comma-separated offline transition logs"})
+    encoder_checkpoint: str = field(default="", metadata={"doc": "recorded in policy.json for msdp eval"})
+    update_after: int = field(default=1000, metadata=param_range(1, 10**7, "logged steps before the first update"))
+    updates_per_tick: int = field(default=10, metadata=param_range(1, 10_000, "updates per 20 ms timer tick"))
+    publish_every: int = field(default=100, metadata=param_range(1, 10**7, "critic updates between publishes"))
+    checkpoint_every: int = field(default=2000, metadata=param_range(1, 10**7, "critic updates"))
+    threads: int = field(default=1, metadata=param_range(1, 64, "torch CPU threads"))
+    seed: int = field(default=0, metadata=param_range(0, 2**31 - 1))
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+
+
+class LearnerNode(Node):
+    def __init__(self):
+        super().__init__("msdp_learner")
+        try:
+            self.config = declare_config(self, LearnerNodeConfig)
+        except ConfigError:
+            super().destroy_node()
+            raise
+        torch.set_num_threads(self.config.threads)
+        torch.manual_seed(self.config.seed)
+        self.learner: Learner | None = None
+        self.action_dim = 0
+        self.exit_code: int | None = None
+        self.published_at = -1
+        self.saved_at = 0
+        self.weights_pub = self.create_publisher(UInt8MultiArray, "/msdp/actor_weights", LATCHED)
+        self.create_timer(0.02, self.on_tick)
+        self.get_logger().info(f"learner up: log {self.config.transitions}, checkpoints in {self.config.out}")
+
+    def start(self) -> bool:
+        """Open the log once the policy has created it; build the agent from its schema; resume if possible."""
+        c = self.config
+        if not (Path(c.transitions) / SCHEMA_FILE).exists():
+            self.get_logger().info(f"waiting for the transition log {c.transitions}", throttle_duration_sec=10.0)
+            return False
+        reader = TransitionReader(c.transitions)
+        fields = reader.schema.fields
+        if "tokens" not in fields:
+            raise ConfigError(f"{c.transitions}: the learner node trains on token logs (msdp_frozen) only")
+        n_tokens, width = fields["tokens"][1]
+        self.action_dim = fields["action"][1][0]
+        agent = SACAgent(c.agent, width, n_tokens, self.action_dim)
+        offline = [Replay(TransitionReader(folder)) for folder in c.offline.split(",") if folder]
+        try:
+            self.learner = Learner(agent, Replay(reader), offline, c.update_after, c.seed)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        checkpoint = Path(c.out) / "agent.pt"
+        if checkpoint.exists():
+            self.learner.resume(checkpoint)
+            self.get_logger().info(f"resumed from {checkpoint} at {agent.critic_updates} critic updates")
+        self.publish_weights()
+        return True
+
+    def on_tick(self) -> None:
+        if self.learner is None:
+            try:
+                if not self.start():
+                    return
+            except (ConfigError, TransitionLogError) as exc:
+                self.get_logger().error(f"cannot learn from {self.config.transitions}: {exc}")
+                self.exit_code = 2
+                return
+        learner = self.learner
+        learner.replay.refresh()
+        env_steps = learner.env_steps()
+        learner.catch_up(env_steps, self.config.updates_per_tick)
+        updates = learner.agent.critic_updates
+        if updates - self.published_at >= self.config.publish_every:
+            self.publish_weights()
+        if updates - self.saved_at >= self.config.checkpoint_every:
+            self.save(env_steps)
+
+    def publish_weights(self) -> None:
+        learner = self.learner
+        label = f"critic_updates={learner.agent.critic_updates} env_steps={learner.env_steps()}"
+        msg = UInt8MultiArray(data=actor_to_bytes(learner.agent.actor))
+        msg.layout.dim = [MultiArrayDimension(label=label, size=len(msg.data), stride=len(msg.data))]
+        self.weights_pub.publish(msg)
+        self.published_at = learner.agent.critic_updates
+
+    def save(self, env_steps: int) -> None:
+        started = time.perf_counter()
+        out = Path(self.config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        agent = self.learner.agent
+        self.learner.save(out / "agent.pt", {"env_steps": env_steps})
+        info = PolicyInfo(
+            agent=self.config.agent,
+            encoder_variant="msdp_frozen",
+            encoder_checkpoint=self.config.encoder_checkpoint,
+            sensors="vision,ft,proprio",
+            task=to_dict(self.config.task),
+            action_dim=self.action_dim,
+            training={"env_steps": env_steps, "critic_updates": agent.critic_updates},
+        )
+        save_policy(out / "policy", agent.actor, None, info)
+        self.saved_at = agent.critic_updates
+        self.get_logger().info(
+            f"checkpoint at {agent.critic_updates} critic updates, {env_steps} env steps "
+            f"({(time.perf_counter() - started) * 1e3:.0f} ms)"
+        )
+
+    def destroy_node(self) -> None:
+        if self.learner is not None and self.learner.agent.critic_updates > self.saved_at:
+            self.save(self.learner.env_steps())
+        super().destroy_node()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_node("msdp_learner", LearnerNode, argv, startup_errors=(TransitionLogError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

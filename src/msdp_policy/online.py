@@ -1,0 +1,113 @@
+"""Online episodes on the arm, without ROS: what the policy node does with each embedding.
+
+One ``step`` per embedding (10 Hz): score the pose the previous action led to (the same task code as the
+fast loop), log that transition, end the episode at success or the step limit, otherwise ask the actor for
+a displacement and turn it into an impedance target inside the workspace box. The actor can be replaced
+at any time by assigning ``actor`` (one reference: the next step uses the new weights).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from msdp_franka_driver.tasks import TaskConfig, make_task, target_after
+from msdp_perception.encoder import unpack_embedding
+from msdp_policy.agent import Actor
+from msdp_policy.replay import to_bfloat16_bits
+from msdp_policy.transition_log import TransitionWriter
+
+
+@dataclass
+class StepResult:
+    target: tuple[np.ndarray, np.ndarray] | None  # (position, orientation x y z w) to command, None at an end
+    reward: float | None  # reward of the previous action, None on an episode's first step
+    episode_done: bool = False
+    success: bool = False
+
+
+class OnlineEpisodes:
+    """Runs episodes and logs them in ``writer`` (records as in ``replay.transition_schema``, msdp_frozen).
+
+    ``workspace`` is the (min, max) corner of the box, in the base frame, that every target is clipped into.
+    """
+
+    def __init__(
+        self,
+        task: TaskConfig,
+        workspace: tuple[tuple[float, float, float], tuple[float, float, float]],
+        writer: TransitionWriter,
+        actor: Actor | None,
+        deterministic: bool = False,
+        random_steps: int = 0,
+        seed: int = 0,
+    ):
+        self.task_config, self.task = task, make_task(task.name)
+        self.low, self.high = np.array(workspace[0]), np.array(workspace[1])
+        self.writer, self.actor = writer, actor
+        self.deterministic, self.random_steps = deterministic, random_steps
+        self.rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        self.next_episode = time.time_ns()  # unique across restarts, so episodes never link over a restart
+        self.episode: int | None = None
+        self.goal_state: dict[str, np.ndarray] = {}
+        self.pending: tuple[dict[str, np.ndarray], np.ndarray] | None = None
+        self.steps = 0
+        self.episodes_done = 0
+        self.successes = 0
+
+    @property
+    def running(self) -> bool:
+        return self.episode is not None
+
+    def start_episode(self, goal_state: dict[str, np.ndarray]) -> None:
+        self.episode, self.next_episode = self.next_episode, self.next_episode + 1
+        self.goal_state, self.pending, self.steps = goal_state, None, 0
+
+    def abort_episode(self) -> None:
+        """Stop without a final record (e.g. the robot faulted): logged steps stay, unlinked at the end."""
+        self.episode, self.pending = None, None
+
+    def _record(self, embedding: dict[str, np.ndarray], action: np.ndarray, reward: float, terminal: bool, final: bool):
+        self.writer.append({
+            **embedding, "episode": np.int64(self.episode), "action": action.astype(np.float32),
+            "reward": np.float32(reward), "terminal": np.bool_(terminal), "final": np.bool_(final),
+        })  # fmt: skip
+
+    def step(self, rows: np.ndarray, position: np.ndarray, orientation: np.ndarray) -> StepResult:
+        """One embedding (the packed rows of /msdp/embedding) and the end-effector pose at the same time."""
+        if not self.running:
+            raise RuntimeError("no episode running: call start_episode first")
+        encoded = unpack_embedding(rows)
+        embedding = {
+            "tokens": to_bfloat16_bits(encoded.tokens),
+            "present": encoded.token_present,
+            "pooled": encoded.pooled,
+        }
+        reward = None
+        if self.pending is not None:
+            score = self.task.score_state(position, orientation, self.goal_state)
+            terminal = score.success or score.failed
+            self._record(*self.pending, score.reward, terminal, final=False)
+            self.steps += 1
+            reward = score.reward
+            if terminal or self.steps >= self.task_config.max_episode_steps:
+                self._record(embedding, np.zeros(self.task.action_dim), 0.0, terminal, final=True)
+                self.episodes_done += 1
+                self.successes += int(score.success)
+                self.episode, self.pending = None, None
+                return StepResult(None, reward, episode_done=True, success=score.success)
+        action = self.choose_action(encoded.pooled)
+        target_position, target_orientation = target_after(position, orientation, action, self.task_config)
+        self.pending = (embedding, action)
+        return StepResult((np.clip(target_position, self.low, self.high), target_orientation), reward)
+
+    def choose_action(self, pooled: np.ndarray) -> np.ndarray:
+        if self.writer.count < self.random_steps or self.actor is None:
+            return self.rng.uniform(-1.0, 1.0, self.task.action_dim)
+        with torch.no_grad():
+            action, _, mean_action = self.actor.sample(torch.from_numpy(pooled)[None])
+        return (mean_action if self.deterministic else action)[0].numpy().astype(np.float64)

@@ -1,0 +1,131 @@
+"""The policy as it runs on the arm or in the fast loop: observation in, encoder features, actor's action out.
+
+A policy checkpoint (``policy.safetensors`` + ``policy.json``) holds the actor's weights -- and, for the
+``scratch`` variant, the encoder trained with it. A ``msdp_frozen`` policy names the encoder checkpoint it
+was trained on; that encoder is loaded from there (or from the path given to ``load_policy``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from msdp.config import ConfigError, from_dict, to_dict
+from msdp_perception.checkpoint import (
+    CheckpointError,
+    checkpoint_paths,
+    load_encoder,
+    load_sidecar,
+    load_weights,
+    save_module,
+)
+from msdp_perception.model import MODALITIES, Embedding, MSDPModel
+from msdp_policy.agent import Actor, AgentConfig
+
+POLICY_FORMAT = "msdp-policy"
+SENSOR_SUBSETS = ("vision,ft,proprio", "vision", "vision,ft", "vision,proprio", "ft,proprio")
+
+
+def sensor_mask(sensors: str) -> np.ndarray:
+    """(3,) bool over MODALITIES for a subset such as "vision,ft"; the others are masked for the encoder."""
+    names = sensors.split(",")
+    unknown = sorted(set(names) - set(MODALITIES))
+    if unknown:
+        raise ConfigError(f"sensors: unknown {unknown}; choose from {', '.join(MODALITIES)}")
+    return np.array([m in names for m in MODALITIES])
+
+
+@dataclass
+class PolicyInfo:
+    """What a policy checkpoint's sidecar says about how the policy was trained."""
+
+    agent: AgentConfig
+    encoder_variant: str
+    encoder_checkpoint: str
+    sensors: str
+    task: dict[str, Any]
+    action_dim: int
+    training: dict[str, Any]
+
+
+class PolicyWeights(nn.Module):
+    """What a policy checkpoint stores: the actor, plus the encoder for the scratch variant."""
+
+    def __init__(self, actor: Actor, encoder: MSDPModel | None):
+        super().__init__()
+        self.actor = actor
+        self.encoder = encoder
+
+
+class Policy:
+    """Encodes raw observations the way the agent was trained and returns actions in [-1, 1]."""
+
+    def __init__(self, actor: Actor, encoder: MSDPModel, info: PolicyInfo):
+        self.actor = actor.eval()
+        self.encoder = encoder.eval()
+        self.info = info
+        self.present = torch.from_numpy(sensor_mask(info.sensors))[None]
+
+    @torch.no_grad()
+    def encode(self, observation: dict[str, np.ndarray]) -> Embedding:
+        """One environment observation (image, wrench, proprio) -> batch-of-one embedding."""
+        return self.encoder.embed(
+            torch.from_numpy(observation["image"])[None],
+            torch.from_numpy(observation["wrench"])[None],
+            torch.from_numpy(observation["proprio"])[None],
+            self.present,
+        )
+
+    @torch.no_grad()
+    def act(self, pooled: torch.Tensor, deterministic: bool = True) -> np.ndarray:
+        action, _, mean_action = self.actor.sample(pooled.reshape(1, -1))
+        return (mean_action if deterministic else action)[0].numpy().astype(np.float64)
+
+
+def save_policy(path: str | Path, actor: Actor, encoder: MSDPModel | None, info: PolicyInfo) -> Path:
+    sidecar = {
+        "format": POLICY_FORMAT,
+        "agent": to_dict(info.agent),
+        "encoder_variant": info.encoder_variant,
+        "encoder_checkpoint": info.encoder_checkpoint,
+        "sensors": info.sensors,
+        "task": info.task,
+        "action_dim": info.action_dim,
+        "training": info.training,
+    }
+    if encoder is not None:
+        sidecar["encoder_config"] = to_dict(encoder.config)
+    return save_module(path, PolicyWeights(actor, encoder), sidecar)
+
+
+def load_policy(path: str | Path, encoder_checkpoint: str | Path | None = None) -> Policy:
+    """Rebuild a policy; a frozen-encoder policy loads its encoder from the sidecar's path or the one given."""
+    sidecar = load_sidecar(path, POLICY_FORMAT)
+    meta = checkpoint_paths(path)[1]
+    try:
+        info = PolicyInfo(
+            agent=from_dict(AgentConfig, sidecar["agent"]),
+            encoder_variant=sidecar["encoder_variant"],
+            encoder_checkpoint=str(encoder_checkpoint or sidecar["encoder_checkpoint"]),
+            sensors=sidecar["sensors"],
+            task=sidecar["task"],
+            action_dim=int(sidecar["action_dim"]),
+            training=sidecar.get("training", {}),
+        )
+    except (ConfigError, KeyError) as exc:
+        raise CheckpointError(f"{meta}: bad policy sidecar ({exc})") from exc
+    if info.encoder_variant == "scratch":
+        from msdp_perception.model import MSDPConfig
+
+        encoder = MSDPModel(from_dict(MSDPConfig, sidecar["encoder_config"]))
+    else:
+        encoder, _ = load_encoder(info.encoder_checkpoint)
+    actor = Actor(info.agent, encoder.config.width, info.action_dim)
+    weights = PolicyWeights(actor, encoder if info.encoder_variant == "scratch" else None)
+    load_weights(path, weights)
+    return Policy(actor, encoder, info)

@@ -1,0 +1,265 @@
+"""Policy node: embeddings in, impedance targets out, episodes run and logged for the learner.
+
+subscribes  /msdp/embedding (sensor_msgs/Image 32FC1, the encoder's packed rows), /franka/ee_pose,
+            /msdp/task_goal (latched; the simulated driver publishes it at every reset), /msdp/actor_weights
+            (std_msgs/UInt8MultiArray, latched: a safetensors blob of actor weights from the learner)
+publishes   /franka/equilibrium_pose (the target: current pose + the actor's displacement, in the workspace box),
+            /msdp/reward (std_msgs/Float32, per step), /msdp/success (std_msgs/Bool, per episode),
+            /msdp/markers (namespaces policy_target and task_goal)
+calls       <driver>/reset (std_srvs/Trigger) between episodes
+The episode logic is ``msdp_policy.online``; transitions go to the durable log in ``transitions``, which a
+restarted node resumes. New actor weights replace the old ones between two steps; when the learner is gone
+the node keeps acting with the last weights it got.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from std_msgs.msg import Bool, Float32, UInt8MultiArray
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker, MarkerArray
+
+from msdp.config import ConfigError, param_range
+from msdp.markers import workspace_box_marker
+from msdp.ros_node import run_node
+from msdp.ros_params import declare_config
+from msdp_franka_driver.control_law import SafetyConfig
+from msdp_franka_driver.fr3_model import BASE_FRAME
+from msdp_franka_driver.tasks import TaskConfig, make_task
+from msdp_perception.checkpoint import CheckpointError
+from msdp_perception.messages import stamp_seconds
+from msdp_perception.model import MSDPConfig
+from msdp_policy.agent import Actor, AgentConfig
+from msdp_policy.learner import actor_from_bytes
+from msdp_policy.online import OnlineEpisodes
+from msdp_policy.policy import load_policy
+from msdp_policy.replay import transition_schema
+from msdp_policy.transition_log import TransitionLogError, TransitionWriter
+
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+@dataclass(frozen=True)
+class PolicyNodeConfig:
+    transitions: str = field(default="runs/online/transitions", metadata={"doc": "transition log folder"})
+    policy: str = field(default="", metadata={"doc": "policy.safetensors to start from; empty = a fresh actor"})
+    deterministic: bool = field(default=False, metadata={"doc": "evaluation mode: the actor's mean action"})
+    random_steps: int = field(default=0, metadata=param_range(0, 10**7, "uniform random actions first (log size)"))
+    max_episodes: int = field(default=0, metadata=param_range(0, 10**7, "stop after this many; 0 = never"))
+    settle_time: float = field(default=0.5, metadata=param_range(0.0, 10.0, "s after a reset before stepping"))
+    pose_max_age: float = field(default=0.1, metadata=param_range(0.001, 1.0, "s, ee pose vs embedding stamp"))
+    goal: tuple[float, float, float, float] = field(
+        default=(0.0, 0.0, 0.0, 0.0), metadata={"doc": "real cell: goal x y z (m) yaw (rad); zeros = /msdp/task_goal"}
+    )
+    driver: str = field(default="/franka_driver", metadata={"doc": "driver node name (its ~/reset service)"})
+    durable: bool = field(default=True, metadata={"doc": "fsync every logged transition"})
+    seed: int = field(default=0, metadata=param_range(0, 2**31 - 1))
+    width: int = field(default=128, metadata=param_range(8, 2048, "embedding width (fresh actor)"))
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    workspace_min: tuple[float, float, float] = field(
+        default=SafetyConfig.workspace_min, metadata={"doc": "m, targets are clipped into this box (base frame)"}
+    )
+    workspace_max: tuple[float, float, float] = field(default=SafetyConfig.workspace_max, metadata={"doc": "m"})
+
+
+def pose_arrays(msg: PoseStamped) -> tuple[np.ndarray, np.ndarray]:
+    p, o = msg.pose.position, msg.pose.orientation
+    return np.array([p.x, p.y, p.z]), np.array([o.x, o.y, o.z, o.w])
+
+
+class PolicyNode(Node):
+    def __init__(self):
+        super().__init__("msdp_policy")
+        try:
+            self.config = c = declare_config(self, PolicyNodeConfig)
+            task = make_task(c.task.name)
+            if c.policy:
+                policy = load_policy(c.policy)
+                if policy.info.encoder_variant != "msdp_frozen":
+                    raise ConfigError(f"policy {c.policy}: only msdp_frozen policies act on /msdp/embedding")
+                actor, model = policy.actor, policy.encoder.config
+            else:
+                actor, model = Actor(c.agent, c.width, task.action_dim), MSDPConfig(width=c.width)
+            schema = transition_schema("msdp_frozen", model, task.action_dim)
+            writer = TransitionWriter(c.transitions, schema, durable=c.durable)
+        except (ValueError, TransitionLogError) as exc:
+            super().destroy_node()
+            raise ConfigError(str(exc)) from exc
+        except (ConfigError, CheckpointError):
+            super().destroy_node()
+            raise
+        self.n_tokens, self.width = model.n_tokens, model.width
+        self.episodes = OnlineEpisodes(
+            c.task, (c.workspace_min, c.workspace_max), writer, actor, c.deterministic, c.random_steps, c.seed
+        )
+        self.task = task
+        self.actor_version = "initial" if not c.policy else c.policy
+        self.pose: PoseStamped | None = None
+        self.goal_state: dict[str, np.ndarray] | None = None
+        self.goal_stamp = -math.inf
+        if any(c.goal):
+            self.goal_state = task.state_from_goal(np.array(c.goal[:3]), c.goal[3])
+        self.reset_future = None
+        self.reset_requested_at = -math.inf
+        self.ready_at: float | None = None
+        self.exit_code: int | None = None
+
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.target_pub = self.create_publisher(PoseStamped, "/franka/equilibrium_pose", QoSProfile(depth=1))
+        self.reward_pub = self.create_publisher(Float32, "/msdp/reward", reliable)
+        self.success_pub = self.create_publisher(Bool, "/msdp/success", reliable)
+        self.marker_pub = self.create_publisher(MarkerArray, "/msdp/markers", 1)
+        self.create_subscription(Image, "/msdp/embedding", self.on_embedding, reliable)
+        self.create_subscription(PoseStamped, "/franka/ee_pose", self.on_pose, qos_profile_sensor_data)
+        self.create_subscription(PoseStamped, "/msdp/task_goal", self.on_goal, LATCHED)
+        self.create_subscription(UInt8MultiArray, "/msdp/actor_weights", self.on_weights, LATCHED)
+        self.reset_client = self.create_client(Trigger, f"{c.driver}/reset")
+        self.create_timer(0.05, self.on_timer)
+        self.get_logger().info(
+            f"policy up: task {c.task.name}, log {c.transitions} ({writer.count} records), actor {self.actor_version}"
+            f"{', deterministic' if c.deterministic else ''}"
+        )
+
+    def now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    # -- inputs ---------------------------------------------------------------------------------------------
+    def on_pose(self, msg: PoseStamped) -> None:
+        self.pose = msg
+
+    def on_goal(self, msg: PoseStamped) -> None:
+        if any(self.config.goal):
+            return  # a configured goal wins
+        position, orientation = pose_arrays(msg)
+        yaw = 2.0 * math.atan2(orientation[2], orientation[3])
+        try:
+            self.goal_state = self.task.state_from_goal(position, yaw)
+        except NotImplementedError as exc:
+            self.get_logger().error(str(exc), throttle_duration_sec=10.0)
+            return
+        self.goal_stamp = stamp_seconds(msg.header)
+
+    def on_weights(self, msg: UInt8MultiArray) -> None:
+        try:
+            actor = actor_from_bytes(bytes(msg.data), self.episodes.actor)
+        except ValueError as exc:
+            self.get_logger().error(f"/msdp/actor_weights refused: {exc}")
+            return
+        self.episodes.actor = actor  # one reference swap: the next step acts with the new weights
+        self.actor_version = msg.layout.dim[0].label if msg.layout.dim else "unlabelled"
+        self.get_logger().info(f"new actor weights: {self.actor_version}")
+
+    # -- episodes -------------------------------------------------------------------------------------------
+    def on_timer(self) -> None:
+        """Between episodes: ask the driver for a reset, then wait for the new goal and the arm to settle."""
+        if self.episodes.running or self.exit_code is not None:
+            return
+        if self.reset_future is None and self.ready_at is None:
+            if not self.reset_client.service_is_ready():
+                self.get_logger().info(f"waiting for {self.config.driver}/reset", throttle_duration_sec=5.0)
+                return
+            self.reset_requested_at = self.now()
+            self.reset_future = self.reset_client.call_async(Trigger.Request())
+            return
+        if self.reset_future is not None:
+            if not self.reset_future.done():
+                return
+            response = self.reset_future.result()
+            self.reset_future = None
+            if response is None or not response.success:
+                self.get_logger().error(f"reset failed: {getattr(response, 'message', 'no response')}; retrying")
+                return
+            self.ready_at = self.now() + self.config.settle_time
+        goal_is_new = any(self.config.goal) or self.goal_stamp >= self.reset_requested_at - 1e-3
+        if self.now() >= self.ready_at and goal_is_new and self.goal_state is not None:
+            self.ready_at = None
+            self.episodes.start_episode(self.goal_state)
+            self.publish_goal_marker()
+
+    def on_embedding(self, msg: Image) -> None:
+        if not self.episodes.running:
+            return
+        stamp = stamp_seconds(msg.header)
+        if self.pose is None or abs(stamp_seconds(self.pose.header) - stamp) > self.config.pose_max_age:
+            self.get_logger().warning(
+                "no end-effector pose at the embedding's time: step skipped", throttle_duration_sec=2.0
+            )
+            return
+        if (msg.height, msg.width, msg.encoding) != (self.n_tokens + 1, self.width, "32FC1"):
+            self.get_logger().error(
+                f"/msdp/embedding is {msg.height}x{msg.width} {msg.encoding}, expected "
+                f"{self.n_tokens + 1}x{self.width} 32FC1 (another encoder than the policy's?)",
+                throttle_duration_sec=5.0,
+            )
+            return
+        rows = np.frombuffer(bytes(msg.data), dtype=np.float32).reshape(msg.height, msg.width)
+        result = self.episodes.step(rows, *pose_arrays(self.pose))
+        if result.reward is not None:
+            self.reward_pub.publish(Float32(data=float(result.reward)))
+        if result.target is not None:
+            self.publish_target(*result.target, msg)
+        if result.episode_done:
+            self.success_pub.publish(Bool(data=result.success))
+            e = self.episodes
+            self.get_logger().info(
+                f"episode {e.episodes_done}: {'success' if result.success else 'no success'} after {e.steps} steps "
+                f"({e.successes}/{e.episodes_done} so far; log {e.writer.count} records; actor {self.actor_version})"
+            )
+            if self.config.max_episodes and e.episodes_done >= self.config.max_episodes:
+                self.exit_code = 0
+
+    # -- outputs --------------------------------------------------------------------------------------------
+    def publish_target(self, position: np.ndarray, orientation: np.ndarray, source: Image) -> None:
+        msg = PoseStamped()
+        msg.header.stamp, msg.header.frame_id = source.header.stamp, BASE_FRAME
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in position)
+        o = msg.pose.orientation
+        o.x, o.y, o.z, o.w = (float(v) for v in orientation)
+        self.target_pub.publish(msg)
+        box = workspace_box_marker(
+            self.config.workspace_min, self.config.workspace_max, msg.header.stamp, "policy_workspace"
+        )
+        marker = self.sphere("policy_target", msg, 0.015, (1.0, 0.5, 0.0))
+        self.marker_pub.publish(MarkerArray(markers=[marker, box]))
+
+    def publish_goal_marker(self) -> None:
+        goal = self.task.goal_pose(self.goal_state)
+        if goal is None:
+            return
+        msg = PoseStamped()
+        msg.header.stamp, msg.header.frame_id = self.get_clock().now().to_msg(), BASE_FRAME
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in goal[0])
+        msg.pose.orientation.z, msg.pose.orientation.w = math.sin(goal[1] / 2), math.cos(goal[1] / 2)
+        self.marker_pub.publish(MarkerArray(markers=[self.sphere("task_goal", msg, 0.02, (0.1, 0.9, 0.2))]))
+
+    @staticmethod
+    def sphere(namespace: str, pose: PoseStamped, size: float, rgb: tuple[float, float, float]) -> Marker:
+        marker = Marker(ns=namespace, id=0, type=Marker.SPHERE, action=Marker.ADD)
+        marker.header = pose.header
+        marker.pose = pose.pose
+        marker.scale.x = marker.scale.y = marker.scale.z = size
+        marker.color.r, marker.color.g, marker.color.b, marker.color.a = (*rgb, 0.9)
+        return marker
+
+    def destroy_node(self) -> None:
+        self.episodes.writer.close()
+        super().destroy_node()
+
+
+def main(argv: list[str] | None = None) -> int:
+    torch.set_num_threads(1)
+    return run_node("msdp_policy", PolicyNode, argv, startup_errors=(CheckpointError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""The fast in-process loop: simulated task, encoder, agent and transition log in one process, no ROS.
+
+``train`` runs SAC (or RLPD) on the simulated task with the same agent, replay and transition log the ROS
+nodes use. Every ``eval_every`` environment steps it runs ``eval_episodes`` deterministic episodes on a fixed
+set of seeds, appends a row to ``metrics.csv``, redraws ``curves.png`` and writes two checkpoints:
+``policy.safetensors`` (what ``msdp eval`` and the policy node load) and ``agent.pt`` (everything ``--resume``
+needs: networks, optimisers, counters; the replay is the transition log itself, in ``transitions/``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from msdp.config import ConfigError, from_dict, param_range, to_dict
+from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
+from msdp_perception.checkpoint import load_encoder
+from msdp_perception.model import MSDPModel
+from msdp_policy.agent import AgentConfig, SACAgent
+from msdp_policy.evaluation import evaluate
+from msdp_policy.learner import Learner
+from msdp_policy.policy import SENSOR_SUBSETS, Policy, PolicyInfo, save_policy
+from msdp_policy.replay import ENCODER_VARIANTS, Replay, to_bfloat16_bits, transition_schema
+from msdp_policy.transition_log import TransitionLogError, TransitionReader, TransitionWriter
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run; ``agent`` holds the SAC/RLPD hyperparameters, ``env`` the task and controller."""
+
+    steps: int = field(default=200_000, metadata=param_range(1, 10**8, "environment steps"))
+    seed: int = field(default=0, metadata=param_range(0, 2**31 - 1))
+    random_steps: int = field(default=5000, metadata=param_range(0, 10**7, "uniform random actions first"))
+    update_after: int = field(default=1000, metadata=param_range(1, 10**7, "env steps before the first update"))
+    eval_every: int = field(default=10_000, metadata=param_range(1, 10**8, "environment steps"))
+    eval_episodes: int = field(default=20, metadata=param_range(1, 10_000))
+    encoder_variant: str = field(default="msdp_frozen", metadata={"choices": ENCODER_VARIANTS})
+    sensors: str = field(default="vision,ft,proprio", metadata={"choices": SENSOR_SUBSETS})
+    torch_threads: int = field(default=1, metadata=param_range(1, 256))
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+
+
+class Trainer:
+    """Holds one run's state; ``run`` goes on until ``config.steps`` environment steps are in the log."""
+
+    def __init__(self, config: TrainConfig, encoder_checkpoint: Path, out_dir: Path, offline: list[Path] = ()):
+        self.config, self.out_dir = config, out_dir
+        torch.set_num_threads(config.torch_threads)
+        torch.manual_seed(config.seed)
+        pretrained, _ = load_encoder(encoder_checkpoint)
+        self.encoder_checkpoint = str(Path(encoder_checkpoint).resolve())
+        self.env = FrankaTaskEnv(config.env)
+        self.eval_env = FrankaTaskEnv(config.env)
+        model = pretrained.config
+        scratch = None
+        if config.encoder_variant == "scratch":  # same network and normalisation, weights drawn afresh
+            scratch = MSDPModel(model)
+            scratch.normalizer.load_state_dict(pretrained.normalizer.state_dict())
+        self.encoder = (scratch or pretrained).eval()
+        self.agent = SACAgent(config.agent, model.width, model.n_tokens, self.env.action_dim, encoder=scratch)
+        self.schema = transition_schema(config.encoder_variant, model, self.env.action_dim)
+        self.writer = TransitionWriter(out_dir / "transitions", self.schema, durable=False)
+        self.replay = Replay(TransitionReader(out_dir / "transitions"))
+        try:
+            offline_logs = [Replay(TransitionReader(folder)) for folder in offline]
+            self.learner = Learner(self.agent, self.replay, offline_logs, config.update_after, config.seed)
+        except (ValueError, TransitionLogError) as exc:
+            raise ConfigError(f"--offline: {exc}") from exc
+        self.rows: list[dict[str, float]] = []
+        self.started = time.monotonic()
+        self.elapsed_before = 0.0
+        self.rng = np.random.default_rng(config.seed)
+
+    # -- persistence --------------------------------------------------------------------------------------
+    def info(self) -> PolicyInfo:
+        return PolicyInfo(
+            agent=self.config.agent,
+            encoder_variant=self.config.encoder_variant,
+            encoder_checkpoint=self.encoder_checkpoint,
+            sensors=self.config.sensors,
+            task=to_dict(self.config.env.task),
+            action_dim=self.env.action_dim,
+            training={"env_steps": self.env_steps, "last_eval": self.rows[-1] if self.rows else {}},
+        )
+
+    @property
+    def env_steps(self) -> int:
+        return self.learner.env_steps()
+
+    def save(self) -> None:
+        save_policy(self.out_dir / "policy", self.agent.actor, self.agent.encoder, self.info())
+        self.learner.save(self.out_dir / "agent.pt", {"elapsed_s": self.elapsed()})
+        (self.out_dir / "config.json").write_text(json.dumps(to_dict(self.config), indent=2))
+
+    def resume(self) -> None:
+        self.elapsed_before = self.learner.resume(self.out_dir / "agent.pt")["elapsed_s"]
+        if (self.out_dir / "metrics.csv").exists():
+            self.rows = read_rows(self.out_dir / "metrics.csv")
+        # Steps logged after the checkpoint stay in the replay (they are real experience); the seeds move on.
+        self.rng = np.random.default_rng([self.config.seed, self.env_steps])
+        self.learner.rng = np.random.default_rng([self.config.seed, self.env_steps, 1])
+        torch.manual_seed(self.config.seed + self.env_steps)
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def record(self, observation: dict[str, np.ndarray], embedding: Any, episode: int) -> dict[str, np.ndarray]:
+        """The observation fields of a log record (see replay.transition_schema)."""
+        if self.config.encoder_variant == "msdp_frozen":
+            return {
+                "tokens": to_bfloat16_bits(embedding.tokens[0].numpy()),
+                "present": embedding.token_present[0].numpy(),
+                "pooled": embedding.pooled[0].numpy(),
+                "episode": np.int64(episode),
+            }
+        return {
+            "image": observation["image"],
+            "wrench": observation["wrench"],
+            "proprio": observation["proprio"],
+            "sensors": self.policy.present[0].numpy(),
+            "episode": np.int64(episode),
+        }
+
+    def evaluate_and_save(self, bar: tqdm, metrics: dict[str, float]) -> None:
+        result = evaluate(self.policy, self.eval_env, self.config.eval_episodes)
+        steps = self.env_steps
+        row = {
+            "env_steps": steps,
+            "episodes": int(self.replay.reader.arrays["final"].sum()),
+            "success_rate": result["success_rate"],
+            "return": result["return"],
+            "episode_length": result["episode_length"],
+            "wall_s": round(self.elapsed(), 1),
+            "steps_per_s": steps / max(self.elapsed(), 1e-9),
+            "critic_updates": self.agent.critic_updates,
+            **{k: metrics.get(k, math.nan) for k in ("critic_loss", "q", "actor_loss", "temperature", "entropy")},
+        }
+        self.rows.append(row)
+        write_rows(self.out_dir / "metrics.csv", self.rows)
+        plot_learning_curves({self.out_dir.name: self.rows}, self.out_dir / "curves.png")
+        self.save()
+        bar.write(
+            f"step {steps}: success {result['success_rate']:.0%} over {self.config.eval_episodes} episodes, "
+            f"return {result['return']:.2f}, {row['steps_per_s']:.1f} steps/s"
+        )
+
+    def run(self, progress: bool = True) -> dict[str, Any]:
+        c = self.config
+        self.policy = Policy(self.agent.actor, self.encoder, self.info())
+        self.replay.refresh()
+        episode = int(self.replay.reader.arrays["episode"].max()) + 1 if len(self.replay.reader) else 0
+        observation, _ = self.env.reset(seed=int(self.rng.integers(2**31)))
+        embedding = self.policy.encode(observation)
+        metrics: dict[str, float] = {}
+        recent_success: list[bool] = []
+        step = self.env_steps
+        bar = tqdm(total=c.steps, initial=step, disable=not progress, unit="step", desc=f"train {c.encoder_variant}")
+        if step == 0:
+            self.evaluate_and_save(bar, metrics)  # the untrained policy: the curve starts at step 0
+        while step < c.steps:
+            if step < c.random_steps:
+                action = self.rng.uniform(-1.0, 1.0, self.env.action_dim)
+            else:
+                action = self.policy.act(embedding.pooled, deterministic=False)
+            next_observation, reward, terminated, truncated, info = self.env.step(action)
+            self.writer.append({
+                **self.record(observation, embedding, episode), "action": action.astype(np.float32),
+                "reward": np.float32(reward), "terminal": np.bool_(terminated), "final": np.bool_(False),
+            })  # fmt: skip
+            observation, embedding = next_observation, self.policy.encode(next_observation)
+            step += 1
+            if terminated or truncated:
+                self.writer.append({
+                    **self.record(observation, embedding, episode), "action": np.zeros(self.env.action_dim, np.float32),
+                    "reward": np.float32(0.0), "terminal": np.bool_(terminated), "final": np.bool_(True),
+                })  # fmt: skip
+                recent_success = (recent_success + [bool(info["success"])])[-20:]
+                episode += 1
+                observation, _ = self.env.reset(seed=int(self.rng.integers(2**31)))
+                embedding = self.policy.encode(observation)
+            if step >= c.update_after:
+                self.replay.refresh()
+                metrics = self.learner.catch_up(step) or metrics
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(
+                    train_success=f"{np.mean(recent_success) if recent_success else 0:.0%}",
+                    eval_success=f"{self.rows[-1]['success_rate']:.0%}" if self.rows else "-",
+                    steps_s=f"{step / max(self.elapsed(), 1e-9):.1f}",
+                    refresh=False,
+                )
+            if step % c.eval_every == 0 or step == c.steps:
+                self.evaluate_and_save(bar, metrics)
+        bar.close()
+        self.writer.close()
+        return {"env_steps": self.env_steps, "final": self.rows[-1], "wall_s": self.elapsed()}
+
+
+def train(
+    config: TrainConfig,
+    encoder_checkpoint: Path,
+    out_dir: Path,
+    resume: bool = False,
+    offline: list[Path] = (),
+    progress: bool = True,
+) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and (out_dir / "transitions").exists():
+        raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it, or choose a new --out")
+    if resume and not (out_dir / "agent.pt").exists():
+        raise ConfigError(f"{out_dir}/agent.pt not found: nothing to resume")
+    if resume:
+        saved = json.loads((out_dir / "config.json").read_text())
+        config = replace(from_dict(TrainConfig, saved), steps=config.steps, torch_threads=config.torch_threads)
+    trainer = Trainer(config, encoder_checkpoint, out_dir, offline)
+    if resume:
+        trainer.resume()
+    summary = trainer.run(progress)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def write_rows(path: Path, rows: list[dict[str, float]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[-1]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_rows(path: Path) -> list[dict[str, float]]:
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_learning_curves(runs: dict[str, list[dict[str, float]]], path: Path) -> None:
+    """Evaluation success rate and return against environment steps, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_success, ax_return) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, rows in runs.items():
+        steps = [r["env_steps"] / 1000 for r in rows]
+        ax_success.plot(steps, [100 * r["success_rate"] for r in rows], marker="o", markersize=3, label=label)
+        ax_return.plot(steps, [r["return"] for r in rows], marker="o", markersize=3, label=label)
+    ax_success.set(xlabel="environment steps (k)", ylabel="evaluation success (%)", ylim=(-2, 102))
+    ax_return.set(xlabel="environment steps (k)", ylabel="evaluation return")
+    for ax in (ax_success, ax_return):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

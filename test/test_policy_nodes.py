@@ -1,0 +1,128 @@
+"""Online RL over ROS: simulated driver + encoder + policy + learner nodes, as separate processes over DDS.
+
+A short run where transitions are logged, the learner updates and the policy receives new weights; the policy
+node is killed (SIGKILL) and restarted without losing a logged transition; when the learner dies, the policy
+keeps acting with the last weights.
+"""
+
+import os
+import re
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Bool, Float32, UInt8MultiArray
+
+from msdp_perception.checkpoint import save_encoder
+from msdp_perception.model import MSDPConfig, MSDPModel
+from msdp_policy.policy import load_policy
+from msdp_policy.transition_log import TransitionReader
+from ros_harness import Probe, node_process
+
+pytestmark = pytest.mark.ros
+
+WIDTH = 32
+
+
+def wait_for(probe: Probe, condition, timeout: float, what: str, log=None) -> None:
+    """Spin the probe (so it receives) until ``condition`` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        probe.spin_for(0.2)
+    detail = f"\n--- {log}:\n{log.read_text()[-3000:]}" if log is not None else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
+
+
+def log_count(folder) -> int:
+    try:
+        return len(TransitionReader(folder))
+    except Exception:
+        return 0
+
+
+def test_policy_and_learner_nodes_learn_online_and_survive_kills(tmp_path):
+    torch.manual_seed(0)
+    encoder = save_encoder(tmp_path / "encoder", MSDPModel(MSDPConfig(stem_channels=8, width=WIDTH, decoder_width=32)))
+    log = tmp_path / "online" / "transitions"
+    sim = {"use_sim_time": True}
+    driver = {"backend": "mujoco", "marker_rate": 0.0, "task.max_episode_steps": 15}
+    enc = {"checkpoint": str(encoder), "reconstruction_rate": 0.0, **sim}
+    agent = {"agent.hidden": 32, "agent.batch_size": 32}
+    policy = {
+        "transitions": str(log), "width": WIDTH, "task.max_episode_steps": 15, "settle_time": 0.2, "seed": 1,
+        "random_steps": 40, **agent, **sim,
+    }  # fmt: skip
+    learner = {
+        "transitions": str(log), "out": str(tmp_path / "online"), "encoder_checkpoint": str(encoder),
+        "update_after": 40, "publish_every": 10, "checkpoint_every": 40, **agent,
+    }  # fmt: skip
+    logs = {name: tmp_path / f"{name}.log" for name in ("driver", "encoder", "policy", "policy2", "learner")}
+    probe = Probe()
+    weights, successes, rewards = [], [], []
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    probe.node.create_subscription(UInt8MultiArray, "/msdp/actor_weights", weights.append, latched)
+    probe.node.create_subscription(Bool, "/msdp/success", successes.append, 10)
+    probe.node.create_subscription(Float32, "/msdp/reward", rewards.append, 10)
+    try:
+        with (
+            node_process("msdp_franka_driver.driver_node", driver, logs["driver"]),
+            node_process("msdp_perception.encoder_node", enc, logs["encoder"]),
+            node_process("msdp_policy.learner_node", learner, logs["learner"]) as learner_process,
+        ):
+            with node_process("msdp_policy.policy_node", policy, logs["policy"]) as first_policy:
+                # transitions are logged, the learner updates and the policy swaps in its weights
+                learned = re.compile(r"new actor weights: critic_updates=[1-9]")
+                wait_for(
+                    probe, lambda: learned.search(logs["policy"].read_text()), 150, "learned weights", logs["policy"]
+                )
+                wait_for(probe, lambda: log_count(log) >= 90, 120, "90 logged records", logs["policy"])
+                os.killpg(first_policy.pid, signal.SIGKILL)
+                first_policy.wait()
+            before = TransitionReader(log).arrays
+            killed_at = len(before["episode"])
+
+            with node_process("msdp_policy.policy_node", policy, logs["policy2"]) as second_policy:
+                wait_for(
+                    probe, lambda: log_count(log) >= killed_at + 30, 120, "the restarted policy to log", logs["policy2"]
+                )
+                # the restarted node got the latest weights from the latched topic
+                assert learned.search(logs["policy2"].read_text())
+                # the learner dies: the policy keeps acting with the weights it has
+                os.killpg(learner_process.pid, signal.SIGKILL)
+                learner_process.wait()
+                count = log_count(log)
+                wait_for(
+                    probe,
+                    lambda: log_count(log) >= count + 20,
+                    60,
+                    "the policy to act without a learner",
+                    logs["policy2"],
+                )
+                assert second_policy.poll() is None
+
+        after = TransitionReader(log).arrays
+        # nothing logged before the kill was lost (the record in flight is the most a kill may cost)
+        for name, values in before.items():
+            np.testing.assert_array_equal(after[name][:killed_at], values)
+        old_episodes = set(before["episode"].tolist())
+        assert not old_episodes & set(after["episode"][killed_at:].tolist()), "episodes must not link over a restart"
+        # the learner's updates happened at the configured ratio, and its checkpoint loads as a policy
+        learner_text = logs["learner"].read_text()
+        updates = [int(n) for n in re.findall(r"checkpoint at (\d+) critic updates", learner_text)]
+        assert updates and max(updates) >= 40, learner_text[-2000:]
+        loaded = load_policy(tmp_path / "online" / "policy.safetensors")
+        assert loaded.info.encoder_variant == "msdp_frozen" and loaded.info.action_dim == 4
+        # rewards were published per step, finished episodes per episode
+        assert len(rewards) > 50 and all(np.isfinite(r.data) and r.data <= 0 for r in rewards)
+        finals = int(after["final"].sum())
+        assert finals >= 5 and len(successes) >= 5
+        # published weights are versioned by critic updates, increasing
+        labels = [int(re.search(r"critic_updates=(\d+)", w.layout.dim[0].label).group(1)) for w in weights]
+        assert labels == sorted(labels)
+    finally:
+        probe.close()
