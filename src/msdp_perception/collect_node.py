@@ -275,5 +275,6 @@ def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:
 def main(argv: list[str] | None = None) -> int:
     return run_node("collector", CollectorNode, argv)
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -177,9 +177,7 @@ def find_bags(paths: list[Path]) -> list[Path]:
     """Each path is a bag folder (it has metadata.yaml or a .mcap/.db3 file) or a folder of bag folders."""
 
     def is_bag(p: Path) -> bool:
-        return p.is_dir() and (
-            (p / "metadata.yaml").exists() or any(f.suffix in STORAGE_SUFFIXES for f in p.iterdir())
-        )
+        return p.is_dir() and ((p / "metadata.yaml").exists() or any(f.suffix in STORAGE_SUFFIXES for f in p.iterdir()))
 
     bags: list[Path] = []
     for path in map(Path, paths):

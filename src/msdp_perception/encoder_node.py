@@ -176,5 +176,6 @@ class EncoderNode(Node):
 def main(argv: list[str] | None = None) -> int:
     return run_node("msdp_encoder", EncoderNode, argv, startup_errors=(CheckpointError,))
 
+
 if __name__ == "__main__":
     sys.exit(main())

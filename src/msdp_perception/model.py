@@ -373,11 +373,11 @@ class MSDPModel(nn.Module):
 
     # --- inference -------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def embed(
         self, image: torch.Tensor, wrench: torch.Tensor, proprio: torch.Tensor, present: torch.Tensor
     ) -> Embedding:
-        """Frozen-encoder features for RL: no random masking, absent sensors left out.
+        """Encoder features for RL: no random masking, absent sensors left out. Differentiable, so an encoder
+        trained end to end (the scratch variant) learns through it; callers of a frozen encoder use no_grad.
 
         Pooled vector (the actor's input): mean over vision tokens, then mean over the present modalities.
         """

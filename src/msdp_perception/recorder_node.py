@@ -147,5 +147,6 @@ class RecorderNode(Node):
 def main(argv: list[str] | None = None) -> int:
     return run_node("recorder", RecorderNode, argv, startup_errors=(BagError, OSError))
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -240,7 +240,14 @@ def write_rows(path: Path, rows: list[dict[str, float]]) -> None:
 
 def read_rows(path: Path) -> list[dict[str, float]]:
     with open(path) as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _number(text: str) -> float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def plot_learning_curves(runs: dict[str, list[dict[str, float]]], path: Path) -> None:

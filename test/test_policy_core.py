@@ -1,0 +1,155 @@
+"""The policy core without ROS: replay linking, the learner's ratio and resume, weight transfer, online episodes."""
+
+import numpy as np
+import pytest
+import torch
+
+from msdp_franka_driver.tasks import HOLE_DEPTH, PegInsertion, TaskConfig
+from msdp_perception.encoder import EncodedObservation, pack_embedding
+from msdp_perception.model import MSDPConfig
+from msdp_policy.agent import Actor, AgentConfig, SACAgent
+from msdp_policy.learner import Learner, actor_from_bytes, actor_to_bytes
+from msdp_policy.online import OnlineEpisodes
+from msdp_policy.replay import Replay, to_bfloat16_bits, transition_schema
+from msdp_policy.transition_log import TransitionReader, TransitionWriter
+
+MODEL = MSDPConfig(width=8)
+N = MODEL.n_tokens
+SCHEMA = transition_schema("msdp_frozen", MODEL, 4)
+BOX = ((0.25, -0.35, 0.01), (0.75, 0.35, 0.65))
+
+
+def record(episode: int, index: int, final: bool = False, reward: float = 0.0) -> dict[str, np.ndarray]:
+    tokens = np.full((N, MODEL.width), float(index), np.float32)  # a record's tokens say which record it is
+    return {
+        "tokens": to_bfloat16_bits(tokens), "present": np.ones(N, bool), "pooled": tokens[0],
+        "episode": np.int64(episode), "action": np.full(4, 0.1 * index, np.float32), "reward": np.float32(reward),
+        "terminal": np.bool_(False), "final": np.bool_(final),
+    }  # fmt: skip
+
+
+def write_log(folder, episodes: list[tuple[int, int, bool]], reward: float = 0.0) -> None:
+    """(episode id, steps, ends with a final record) per episode, in order."""
+    index = 0
+    with TransitionWriter(folder, SCHEMA, durable=False) as writer:
+        for episode, steps, closed in episodes:
+            for _ in range(steps):
+                writer.append(record(episode, index, reward=reward))
+                index += 1
+            if closed:
+                writer.append(record(episode, index, final=True, reward=reward))
+                index += 1
+
+
+def test_replay_links_each_step_to_the_next_record_of_its_own_episode(tmp_path):
+    # episode 7: 3 steps + final; episode 8: killed after 2 steps (no final); episode 9: 2 steps + final
+    write_log(tmp_path, [(7, 3, True), (8, 2, False), (9, 2, True)])
+    replay = Replay(TransitionReader(tmp_path))
+    assert len(replay) == 3 + 1 + 2  # episode 8's last step has no next observation; finals are never sampled
+    batch = replay.sample(512, np.random.default_rng(0))
+    index = batch["tokens"].float()[:, 0, 0]
+    assert set(index.long().tolist()) == {0, 1, 2, 4, 6, 7}  # records 3 and 8 are finals
+    torch.testing.assert_close(batch["next_tokens"].float()[:, 0, 0], index + 1)
+    torch.testing.assert_close(batch["action"][:, 0], 0.1 * index)
+    # a record appended later is picked up by refresh, and links the previously open step
+    with TransitionWriter(tmp_path, SCHEMA, durable=False) as writer:
+        writer.append(record(10, 10))
+        writer.append(record(10, 11, final=True))
+    assert replay.refresh() == 2 and len(replay) == 7
+
+
+def test_bfloat16_tokens_keep_about_three_significant_digits():
+    values = np.random.default_rng(0).normal(size=(66, 128)).astype(np.float32)
+    back = torch.from_numpy(to_bfloat16_bits(values)).view(torch.bfloat16).float().numpy()
+    np.testing.assert_allclose(back, values, rtol=2**-8, atol=1e-30)
+
+
+def agent(rlpd: bool = False) -> SACAgent:
+    torch.manual_seed(0)
+    return SACAgent(AgentConfig(hidden=16, batch_size=8, rlpd=rlpd), MODEL.width, N, 4)
+
+
+def test_learner_keeps_the_update_to_data_ratio_and_resumes_from_its_checkpoint(tmp_path):
+    write_log(tmp_path / "log", [(1, 30, True)])
+    learner = Learner(agent(), Replay(TransitionReader(tmp_path / "log")), [], update_after=10, seed=0)
+    assert learner.env_steps() == 30 and learner.updates_owed(9) == 0
+    metrics = learner.catch_up(30)
+    assert learner.agent.critic_updates == 2 * (30 - 10 + 1) and np.isfinite(metrics["critic_loss"])
+    assert learner.catch_up(30) == {}  # nothing owed
+    learner.save(tmp_path / "agent.pt", {"env_steps": 30})
+
+    other = Learner(agent(), Replay(TransitionReader(tmp_path / "log")), [], update_after=10, seed=0)
+    assert other.resume(tmp_path / "agent.pt")["env_steps"] == 30
+    assert other.agent.critic_updates == learner.agent.critic_updates
+    for key, value in learner.agent.state_dict().items():
+        torch.testing.assert_close(other.agent.state_dict()[key], value)
+    assert other.updates_owed(31) == 2
+
+
+def test_rlpd_draws_half_of_every_batch_from_the_offline_log(tmp_path):
+    write_log(tmp_path / "online", [(1, 20, True)], reward=0.0)
+    write_log(tmp_path / "offline", [(2, 20, True)], reward=1.0)
+    online, offline = Replay(TransitionReader(tmp_path / "online")), Replay(TransitionReader(tmp_path / "offline"))
+    learner = Learner(agent(rlpd=True), online, [offline], update_after=1, seed=0)
+    batch = learner.sample()
+    assert batch["reward"].tolist() == [0.0] * 4 + [1.0] * 4
+    assert learner.agent.critic.q.layer_norm  # RLPD's layer-normalised critic
+    with pytest.raises(ValueError, match="offline"):
+        Learner(agent(rlpd=True), online, [], update_after=1, seed=0)
+
+
+def test_actor_weights_travel_as_bytes_and_bad_blobs_are_refused():
+    torch.manual_seed(0)
+    source, target = Actor(AgentConfig(hidden=16), 8, 4), Actor(AgentConfig(hidden=16), 8, 4)
+    copy = actor_from_bytes(actor_to_bytes(source), target)
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(copy(x), source(x))
+    assert not torch.allclose(target(x)[0], source(x)[0])  # the old actor is left as it was
+    with pytest.raises(ValueError, match="safetensors"):
+        actor_from_bytes(b"not weights", target)
+    with pytest.raises(ValueError, match="do not fit"):
+        actor_from_bytes(actor_to_bytes(Actor(AgentConfig(hidden=32), 8, 4)), target)
+
+
+def embedding_rows(value: float) -> np.ndarray:
+    tokens = np.full((N, MODEL.width), value, np.float32)
+    present = np.ones(N, bool)
+    present[-2] = False  # F/T masked: a NaN row on the wire, a zero row with present False in the log
+    return pack_embedding(EncodedObservation(tokens, present, tokens[0]))
+
+
+def test_online_episodes_score_log_and_end_like_the_fast_loop(tmp_path):
+    task = TaskConfig(max_episode_steps=3)
+    goal = {"hole_position": np.array([0.5, 0.0, 0.02]), "hole_yaw": np.array(0.0)}
+    down = np.array([1.0, 0.0, 0.0, 0.0])
+    writer = TransitionWriter(tmp_path, SCHEMA, durable=False)
+    episodes = OnlineEpisodes(task, BOX, writer, Actor(AgentConfig(hidden=16), MODEL.width, 4), seed=0)
+    episodes.start_episode(goal)
+    above = np.array([0.5, 0.0, 0.15])
+    first = episodes.step(embedding_rows(0.0), above, down)
+    assert first.reward is None and writer.count == 0
+    position, orientation = first.target
+    assert np.all(np.abs(position - above) <= task.max_step + 1e-9) and np.isclose(np.linalg.norm(orientation), 1)
+    # near the box's edge the target is clipped into the box
+    edge = episodes.step(embedding_rows(1.0), np.array([0.749, 0.349, 0.64]), down)
+    assert np.all(edge.target[0] <= np.array(BOX[1]))
+    assert edge.reward == pytest.approx(PegInsertion().score_state(np.array([0.749, 0.349, 0.64]), down, goal).reward)
+    last = episodes.step(embedding_rows(2.0), above, down)
+    end = episodes.step(embedding_rows(3.0), above, down)  # the third step's outcome: the step limit
+    assert end.episode_done and not end.success and end.target is None and not episodes.running
+    writer.close()
+    logged = TransitionReader(tmp_path).arrays
+    assert logged["final"].tolist() == [False, False, False, True] and not logged["terminal"].any()
+    assert logged["present"][:, -2].sum() == 0 and np.all(logged["present"][:, :-2])
+    assert last.reward is not None and logged["reward"][1] == pytest.approx(last.reward)
+
+    # a peg inside the hole ends the episode at once, as a success and a terminal step
+    writer = TransitionWriter(tmp_path / "success", SCHEMA, durable=False)
+    episodes = OnlineEpisodes(task, BOX, writer, None, seed=0)
+    episodes.start_episode(goal)
+    episodes.step(embedding_rows(0.0), above, down)
+    inside = np.array([0.5, 0.0, 0.02 + HOLE_DEPTH - 0.03])
+    done = episodes.step(embedding_rows(1.0), inside, down)
+    assert done.episode_done and done.success and episodes.successes == 1
+    writer.close()
+    assert TransitionReader(tmp_path / "success").arrays["terminal"].tolist() == [True, True]

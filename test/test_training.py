@@ -1,0 +1,94 @@
+"""The fast in-process loop (msdp train / msdp eval): evaluation rows, checkpoints, resume, variants, errors."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from msdp.cli import main as msdp
+from msdp.config import ConfigError, from_dict
+from msdp_perception.checkpoint import save_encoder
+from msdp_perception.model import MSDPConfig, MSDPModel
+from msdp_policy.policy import load_policy
+from msdp_policy.training import TrainConfig, Trainer, train
+from msdp_policy.transition_log import TransitionReader
+
+SMALL = {
+    "steps": 40, "random_steps": 20, "update_after": 10, "eval_every": 20, "eval_episodes": 1,
+    "agent": {"hidden": 16, "batch_size": 8},
+    "env": {"task": {"max_episode_steps": 8}},
+}  # fmt: skip
+
+
+@pytest.fixture
+def encoder(tmp_path):
+    torch.manual_seed(0)
+    return save_encoder(tmp_path / "encoder", MSDPModel(MSDPConfig(stem_channels=8, width=16, decoder_width=16)))
+
+
+def rows(run) -> list[dict[str, str]]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_evaluates_checkpoints_and_resumes_where_it_stopped(tmp_path, encoder, capsys):
+    run = tmp_path / "run"
+    summary = train(from_dict(TrainConfig, SMALL), encoder, run, progress=False)
+    assert summary["env_steps"] == 40
+    assert [int(r["env_steps"]) for r in rows(run)] == [0, 20, 40]
+    assert (run / "curves.png").stat().st_size > 0 and (run / "agent.pt").exists()
+    log = TransitionReader(run / "transitions").arrays
+    assert int((~log["final"]).sum()) == 40 and log["final"].sum() == 5  # 8-step episodes
+
+    with pytest.raises(ConfigError, match="--resume"):
+        train(from_dict(TrainConfig, SMALL), encoder, run, progress=False)
+    resumed = train(from_dict(TrainConfig, {**SMALL, "steps": 60}), encoder, run, resume=True, progress=False)
+    assert resumed["env_steps"] == 60
+    table = rows(run)
+    assert [int(r["env_steps"]) for r in table] == [0, 20, 40, 60]
+    assert int(table[-1]["critic_updates"]) == 2 * (60 - 10 + 1)  # the ratio held across the restart
+
+    policy = load_policy(run / "policy.safetensors")
+    assert policy.info.training["env_steps"] == 60 and policy.info.task["max_episode_steps"] == 8
+    code = msdp(["eval", "--policy", str(run / "policy.safetensors"), "--episodes", "2", "--image-noise", "20",
+                 "--ft-noise", "1", "--stiffness", "1500"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "over 2 episodes" in out and "image_noise 20.0" in out and "stiffness 1500.0" in out
+
+
+def test_scratch_variant_trains_the_encoder_from_the_critic_loss_and_logs_raw_observations(tmp_path, encoder):
+    config = from_dict(TrainConfig, {**SMALL, "steps": 16, "update_after": 12, "encoder_variant": "scratch"})
+    trainer = Trainer(config, encoder, tmp_path / "run")
+    before = {k: v.clone() for k, v in trainer.agent.encoder.state_dict().items()}
+    trainer.run(progress=False)
+    after = trainer.agent.encoder.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if "encoder." in k or "stem" in k)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder"))  # never used in RL
+    fields = TransitionReader(tmp_path / "run" / "transitions").schema.fields
+    assert "image" in fields and "tokens" not in fields
+    policy = load_policy(tmp_path / "run" / "policy.safetensors")
+    for key, value in policy.encoder.state_dict().items():  # the policy carries its own encoder
+        torch.testing.assert_close(value, after[key])
+
+
+def test_a_sensor_subset_hides_the_other_sensors_from_the_encoder(tmp_path, encoder):
+    config = from_dict(TrainConfig, {**SMALL, "steps": 4, "sensors": "vision,ft"})
+    train(config, encoder, tmp_path / "run", progress=False)
+    present = TransitionReader(tmp_path / "run" / "transitions").arrays["present"]
+    assert present[:, :-1].all() and not present[:, -1].any()  # the proprioception token is never present
+    policy = load_policy(tmp_path / "run" / "policy.safetensors")
+    observation = {"image": np.zeros((64, 64, 3), np.uint8), "wrench": np.zeros((4, 6), np.float32),
+                   "proprio": np.zeros(14, np.float32)}  # fmt: skip
+    assert policy.encode(observation).token_present[0].tolist() == [True] * 65 + [False]
+
+
+def test_bad_settings_are_refused_with_the_parameter_named(tmp_path, encoder):
+    with pytest.raises(ConfigError, match="offline"):
+        train(from_dict(TrainConfig, {**SMALL, "agent": {"rlpd": True}}), encoder, tmp_path / "a", progress=False)
+    with pytest.raises(ConfigError, match="agent.pt"):
+        train(from_dict(TrainConfig, SMALL), encoder, tmp_path / "b", resume=True, progress=False)
+    with pytest.raises(ConfigError, match="sensors"):
+        from_dict(TrainConfig, {"sensors": "vision,smell"})
+    with pytest.raises(ConfigError, match="encoder_variant"):
+        from_dict(TrainConfig, {"encoder_variant": "imagenet"})
