@@ -1,51 +1,77 @@
-"""Learner speed: critic + actor updates per second at batch 256 on this machine's CPU cores.
+"""Learner speed: critic + actor updates per second at batch 256, batches drawn from a real transition log.
 
-Usage: python bench/learner.py [--bridge cross_attention|pooling|cls|concat] [--updates N].
-Batches of frozen-encoder-sized embeddings (66 tokens x 128, as /msdp/embedding carries) are drawn from a
-replay of random embeddings; one update = one critic update and one actor + temperature update (the
-critic-to-actor ratio 1 case). Embedding values do not change the cost.
+Usage: python bench/learner.py [--bridge cross_attention|pooling|cls|concat] [--variant msdp_frozen|scratch]
+[--updates N] [--threads N]. A log of 2,000 transitions in the schema training uses (66 x 128 bfloat16 tokens,
+or raw observations for ``scratch``) is written to a temporary folder; each update samples a batch from it
+through ``Replay`` (gathering and widening included) and runs one critic update and one actor + temperature
+update (the critic-to-actor ratio 1 case). For ``scratch``, every update also runs the encoder on the 2 x 256
+raw observations and backpropagates the critic loss into it. Values do not change the cost.
 """
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from msdp.config import from_dict
-from msdp_perception.model import MSDPConfig, pool_tokens
+from msdp_perception.model import MSDPConfig, MSDPModel
 from msdp_policy.agent import BRIDGES, AgentConfig, SACAgent
+from msdp_policy.replay import ENCODER_VARIANTS, Replay, to_bfloat16_bits, transition_schema
+from msdp_policy.transition_log import TransitionReader, TransitionWriter
+
+
+def fill_log(folder: Path, variant: str, model: MSDPConfig, transitions: int) -> None:
+    rng = np.random.default_rng(0)
+    schema = transition_schema(variant, model, model.action_dim)
+    with TransitionWriter(folder, schema, durable=False) as writer:
+        for i in range(transitions):
+            record = {
+                "episode": np.int64(i // 100), "action": rng.uniform(-1, 1, 4).astype(np.float32),
+                "reward": np.float32(-1.0), "terminal": np.bool_(False), "final": np.bool_(i % 100 == 99),
+            }  # fmt: skip
+            if variant == "msdp_frozen":
+                tokens = rng.normal(size=(model.n_tokens, model.width)).astype(np.float32)
+                record.update(tokens=to_bfloat16_bits(tokens), present=np.ones(model.n_tokens, bool), pooled=tokens[0])
+            else:
+                record.update(
+                    image=rng.integers(0, 255, (model.image_size, model.image_size, 3), dtype=np.uint8),
+                    wrench=rng.normal(size=(model.ft_window, 6)).astype(np.float32),
+                    proprio=rng.normal(size=model.proprio_dim).astype(np.float32),
+                    sensors=np.ones(3, bool),
+                )
+            writer.append(record)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bridge", default="cross_attention", choices=BRIDGES)
+    parser.add_argument("--variant", default="msdp_frozen", choices=ENCODER_VARIANTS)
     parser.add_argument("--updates", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (this machine has 2 cores)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = MSDPConfig()
     config = from_dict(AgentConfig, {"bridge": args.bridge, "batch_size": args.batch_size})
-    agent = SACAgent(config, model.width, model.n_tokens, model.action_dim)
-    replay = torch.nn.functional.layer_norm(torch.randn(4096, model.n_tokens, model.width), (model.width,))
-    present = torch.ones(4096, model.n_tokens, dtype=torch.bool)
-
-    def batch() -> dict[str, torch.Tensor]:
-        i, j = torch.randint(4096, (2, args.batch_size))
-        return {
-            "tokens": replay[i], "present": present[i], "pooled": pool_tokens(replay[i], present[i], 64),
-            "next_tokens": replay[j], "next_present": present[j], "next_pooled": pool_tokens(replay[j], present[j], 64),
-            "action": torch.rand(args.batch_size, model.action_dim) * 2 - 1,
-            "reward": torch.randn(args.batch_size), "terminal": torch.zeros(args.batch_size),
-        }  # fmt: skip
-
-    for _ in range(5):
-        agent.update(batch())
-    start = time.perf_counter()
-    for _ in range(args.updates):
-        agent.update(batch())
-    elapsed = time.perf_counter() - start
+    encoder = MSDPModel(model) if args.variant == "scratch" else None
+    agent = SACAgent(config, model.width, model.n_tokens, model.action_dim, encoder=encoder)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="msdp-bench-") as tmp:
+        fill_log(Path(tmp), args.variant, model, 2000)
+        replay = Replay(TransitionReader(tmp))
+        for _ in range(5):
+            agent.update(replay.sample(args.batch_size, rng))
+        start = time.perf_counter()
+        for _ in range(args.updates):
+            agent.update(replay.sample(args.batch_size, rng))
+        elapsed = time.perf_counter() - start
     parameters = sum(p.numel() for p in agent.parameters() if p.requires_grad)
-    print(f"bridge: {args.bridge}  batch: {args.batch_size}  trainable parameters: {parameters / 1e6:.2f} M")
+    print(f"variant: {args.variant}  bridge: {args.bridge}  batch: {args.batch_size}  "
+          f"trainable parameters: {parameters / 1e6:.2f} M")  # fmt: skip
     per_update_ms = 1e3 * elapsed / args.updates
     print(f"torch threads: {torch.get_num_threads()}  ms per update (batch sampling included): {per_update_ms:.1f}")
     print(f"learner_updates_per_s: {args.updates / elapsed:.1f}")

@@ -1,7 +1,8 @@
 """Transition log speed: durable appends per second, and how long a restarted writer takes to recover.
 
-Usage: python bench/transition_log.py [--appends N]. One transition is what the policy logs per step: the
-observation's 66 x 128 token embedding (float16) and pooled vector, the action, reward and flags. Appends
+Usage: python bench/transition_log.py [--appends N]. One transition is what the policy logs per step, in the
+schema of ``msdp_policy.replay.transition_schema``: the observation's 66 x 128 token embedding (bfloat16) and
+pooled vector, the action, reward and flags; with ``--raw`` the scratch variant's raw observation. Appends
 are fsync'ed (durability on). Recovery: a writer process appending in a loop is killed with SIGKILL, and a new
 writer opens the log (scans every record's checksum, drops a torn tail) -- the time a restarted policy waits.
 """
@@ -18,25 +19,26 @@ from pathlib import Path
 
 import numpy as np
 
-from msdp_policy.transition_log import Schema, TransitionReader, TransitionWriter
+from msdp_perception.model import MSDPConfig
+from msdp_policy.replay import transition_schema
+from msdp_policy.transition_log import TransitionReader, TransitionWriter
 
-SCHEMA = Schema({
-    "tokens": ("float16", (66, 128)), "present": ("bool", (66,)), "pooled": ("float32", (128,)),
-    "action": ("float32", (4,)), "reward": ("float32", ()), "terminal": ("bool", ()), "episode_end": ("bool", ()),
-})  # fmt: skip
+VARIANT = "scratch" if "--raw" in sys.argv else "msdp_frozen"
+SCHEMA = transition_schema(VARIANT, MSDPConfig(), 4)
 
 
 def transition(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {
-        "tokens": rng.normal(size=(66, 128)).astype(np.float16), "present": np.ones(66, bool),
-        "pooled": rng.normal(size=128).astype(np.float32), "action": rng.uniform(-1, 1, 4).astype(np.float32),
-        "reward": np.float32(0.0), "terminal": np.bool_(False), "episode_end": np.bool_(False),
-    }  # fmt: skip
+    """Random field values of the schema's dtypes and shapes (values do not change the cost)."""
+    out = {}
+    for name, (dtype, shape) in SCHEMA.fields.items():
+        out[name] = (rng.random(shape) * 100).astype(dtype)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--appends", type=int, default=2000)
+    parser.add_argument("--raw", action="store_true", help="the scratch variant's raw-observation records")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     items = [transition(rng) for _ in range(64)]
@@ -56,6 +58,7 @@ def main() -> None:
         script = textwrap.dedent(f"""
             import numpy as np, sys
             sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+            sys.argv += {sys.argv[1:]!r}
             from transition_log import SCHEMA, transition
             from msdp_policy.transition_log import TransitionWriter
             rng = np.random.default_rng(1)
@@ -80,7 +83,7 @@ def main() -> None:
         read_s = time.perf_counter() - start
 
     size = SCHEMA.record_size
-    print(f"record: {size / 1e3:.1f} kB (66x128 float16 tokens + pooled + action, reward, flags)")
+    print(f"record ({VARIANT}): {size / 1e3:.1f} kB: {', '.join(SCHEMA.fields)}")
     print(f"buffered appends per s: {args.appends / buffered_s:.0f}  (durable: {args.appends / durable_s:.0f})")
     print(f"after SIGKILL: {recovered} transitions recovered, {dropped} torn bytes dropped, writer open "
           f"{1e3 * recovery_s:.0f} ms, reader load {1e3 * read_s:.0f} ms ({len(reader)} transitions)")

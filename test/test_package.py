@@ -65,6 +65,21 @@ def test_shipped_driver_config_validates():
     assert config.safety.watchdog_timeout == 0.2
 
 
+def test_shipped_policy_configs_validate_and_agree():
+    from msdp.config import load_yaml
+    from msdp_policy.learner_node import LearnerNodeConfig
+    from msdp_policy.policy_node import PolicyNodeConfig
+    from msdp_policy.training import TrainConfig
+
+    train = load_yaml(TrainConfig, ROOT / "config" / "train.yaml")
+    policy = load_params_file(PolicyNodeConfig, ROOT / "config" / "policy.yaml", "msdp_policy")
+    learner = load_params_file(LearnerNodeConfig, ROOT / "config" / "learner.yaml", "msdp_learner")
+    assert train.agent.critic_updates_per_step == learner.agent.critic_updates_per_step == 2
+    assert train.steps == 200_000 and train.agent.bridge == "cross_attention"
+    assert policy.transitions == learner.transitions
+    assert policy.agent.hidden == learner.agent.hidden  # a fresh policy actor must accept the learner's weights
+
+
 def test_a_broken_driver_config_names_file_and_parameter(tmp_path):
     data = yaml.safe_load((ROOT / "config" / "driver.yaml").read_text())
     data["franka_driver"]["ros__parameters"]["impedance"]["damping_ratio"] = 9.0

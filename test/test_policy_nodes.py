@@ -13,9 +13,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from geometry_msgs.msg import TwistStamped
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool, Float32, UInt8MultiArray
 
+from msdp_franka_driver.tasks import TaskConfig
 from msdp_perception.checkpoint import save_encoder
 from msdp_perception.model import MSDPConfig, MSDPModel
 from msdp_policy.policy import load_policy
@@ -68,6 +70,8 @@ def test_policy_and_learner_nodes_learn_online_and_survive_kills(tmp_path):
     probe.node.create_subscription(UInt8MultiArray, "/msdp/actor_weights", weights.append, latched)
     probe.node.create_subscription(Bool, "/msdp/success", successes.append, 10)
     probe.node.create_subscription(Float32, "/msdp/reward", rewards.append, 10)
+    actions = []
+    probe.node.create_subscription(TwistStamped, "/msdp/action", actions.append, 10)
     try:
         with (
             node_process("msdp_franka_driver.driver_node", driver, logs["driver"]),
@@ -121,6 +125,9 @@ def test_policy_and_learner_nodes_learn_online_and_survive_kills(tmp_path):
         assert len(rewards) > 50 and all(np.isfinite(r.data) and r.data <= 0 for r in rewards)
         finals = int(after["final"].sum())
         assert finals >= 5 and len(successes) >= 5
+        # actions were published for the recorder, within the step limit
+        assert len(actions) > 50
+        assert max(abs(a.twist.linear.x) for a in actions) <= TaskConfig().max_step + 1e-9
         # published weights are versioned by critic updates, increasing
         labels = [int(re.search(r"critic_updates=(\d+)", w.layout.dim[0].label).group(1)) for w in weights]
         assert labels == sorted(labels)

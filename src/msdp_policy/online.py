@@ -27,6 +27,7 @@ class StepResult:
     reward: float | None  # reward of the previous action, None on an episode's first step
     episode_done: bool = False
     success: bool = False
+    action: np.ndarray | None = None  # the action in [-1, 1] that gave the target
 
 
 class OnlineEpisodes:
@@ -103,7 +104,7 @@ class OnlineEpisodes:
         action = self.choose_action(encoded.pooled)
         target_position, target_orientation = target_after(position, orientation, action, self.task_config)
         self.pending = (embedding, action)
-        return StepResult((np.clip(target_position, self.low, self.high), target_orientation), reward)
+        return StepResult((np.clip(target_position, self.low, self.high), target_orientation), reward, action=action)
 
     def choose_action(self, pooled: np.ndarray) -> np.ndarray:
         if self.writer.count < self.random_steps or self.actor is None:

@@ -4,7 +4,9 @@ subscribes  /msdp/embedding (sensor_msgs/Image 32FC1, the encoder's packed rows)
             /msdp/task_goal (latched; the simulated driver publishes it at every reset), /msdp/actor_weights
             (std_msgs/UInt8MultiArray, latched: a safetensors blob of actor weights from the learner)
 publishes   /franka/equilibrium_pose (the target: current pose + the actor's displacement, in the workspace box),
-            /msdp/reward (std_msgs/Float32, per step), /msdp/success (std_msgs/Bool, per episode),
+            /msdp/action (geometry_msgs/TwistStamped: the displacement, stamped with the embedding it acts on,
+            as the recorder and MSDP-P pretraining expect), /msdp/reward (std_msgs/Float32, per step),
+            /msdp/success (std_msgs/Bool, per episode),
             /msdp/markers (namespaces policy_target and task_goal)
 calls       <driver>/reset (std_srvs/Trigger) between episodes
 The episode logic is ``msdp_policy.online``; transitions go to the durable log in ``transitions``, which a
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
@@ -36,6 +38,7 @@ from msdp_franka_driver.control_law import SafetyConfig
 from msdp_franka_driver.fr3_model import BASE_FRAME
 from msdp_franka_driver.tasks import TaskConfig, make_task
 from msdp_perception.checkpoint import CheckpointError
+from msdp_perception.collect_node import action_message
 from msdp_perception.messages import stamp_seconds
 from msdp_perception.model import MSDPConfig
 from msdp_policy.agent import Actor, AgentConfig
@@ -118,6 +121,7 @@ class PolicyNode(Node):
         self.target_pub = self.create_publisher(PoseStamped, "/franka/equilibrium_pose", QoSProfile(depth=1))
         self.reward_pub = self.create_publisher(Float32, "/msdp/reward", reliable)
         self.success_pub = self.create_publisher(Bool, "/msdp/success", reliable)
+        self.action_pub = self.create_publisher(TwistStamped, "/msdp/action", reliable)
         self.marker_pub = self.create_publisher(MarkerArray, "/msdp/markers", 1)
         self.create_subscription(Image, "/msdp/embedding", self.on_embedding, reliable)
         self.create_subscription(PoseStamped, "/franka/ee_pose", self.on_pose, qos_profile_sensor_data)
@@ -208,6 +212,7 @@ class PolicyNode(Node):
             self.reward_pub.publish(Float32(data=float(result.reward)))
         if result.target is not None:
             self.publish_target(*result.target, msg)
+            self.action_pub.publish(action_message(result.action, self.config.task, msg.header.stamp))
         if result.episode_done:
             self.success_pub.publish(Bool(data=result.success))
             e = self.episodes
