@@ -106,7 +106,8 @@ class TestRecorder:
 def test_shipped_recorder_config_validates_and_lists_the_default_topics():
     config = load_params_file(RecorderConfig, ROOT / "config" / "recorder.yaml", "recorder")
     assert config == RecorderConfig()
-    assert set(config.topic_list()) == {*RECORDED, "/franka/equilibrium_pose", "/msdp/embedding"}
+    extra = {"/franka/equilibrium_pose", "/msdp/embedding", "/msdp/task_goal", "/msdp/reward"}
+    assert set(config.topic_list()) == {*RECORDED, *extra}
 
 
 @pytest.mark.parametrize(

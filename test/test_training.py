@@ -55,6 +55,8 @@ def test_train_evaluates_checkpoints_and_resumes_where_it_stopped(tmp_path, enco
                  "--ft-noise", "1", "--stiffness", "1500"])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0 and "over 2 episodes" in out and "image_noise 20.0" in out and "stiffness 1500.0" in out
+    assert msdp(["curves", str(run), str(run), "--out", str(tmp_path / "both.png")]) == 0
+    assert (tmp_path / "both.png").stat().st_size > 10_000
 
 
 def test_scratch_variant_trains_the_encoder_from_the_critic_loss_and_logs_raw_observations(tmp_path, encoder):
@@ -92,3 +94,44 @@ def test_bad_settings_are_refused_with_the_parameter_named(tmp_path, encoder):
         from_dict(TrainConfig, {"sensors": "vision,smell"})
     with pytest.raises(ConfigError, match="encoder_variant"):
         from_dict(TrainConfig, {"encoder_variant": "imagenet"})
+
+
+def test_recorded_bags_become_offline_data_that_rlpd_mixes_in(tmp_path, encoder, capsys):
+    from msdp_perception.collect import CollectConfig, collect_to_bags
+    from msdp_perception.dataset import BagDataset
+
+    task = {"max_episode_steps": 25}
+    config = from_dict(CollectConfig, {"samples": 120, "policy": "scripted_noise", "action_noise": 0.1, "task": task})
+    bags = collect_to_bags(tmp_path / "bags", config, progress=False)
+    assert msdp(["offline-log", "--bags", str(tmp_path / "bags"), "--encoder", str(encoder),
+                 "--out", str(tmp_path / "offline")]) == 0  # fmt: skip
+    assert "successes" in capsys.readouterr().out
+    log = TransitionReader(tmp_path / "offline").arrays
+    dataset = BagDataset(bags, progress=False)
+    assert len(log["final"]) == len(dataset) and log["final"].sum() == (dataset.next_index < 0).sum()
+    steps = ~log["final"]
+    # the scripted expert inserts the peg: those episodes end early, on a terminal (success) step
+    episode_lengths = np.bincount(np.unique(log["episode"], return_inverse=True)[1])
+    assert log["terminal"][steps].sum() >= 1
+    assert log["terminal"][steps].sum() == (episode_lengths[:-1] < 26).sum()  # the last one is cut by the sample cap
+    assert np.all(log["reward"][steps] <= 0) and np.all(np.abs(log["action"]) <= 1)
+    # the reward improves as the expert closes in on the hole
+    first, last = log["reward"][steps][:3].mean(), log["reward"][steps & log["terminal"]].mean()
+    assert last > first
+
+    rlpd = {**SMALL, "steps": 16, "update_after": 12, "agent": {**SMALL["agent"], "rlpd": True}}
+    summary = train(from_dict(TrainConfig, rlpd), encoder, tmp_path / "run", offline=[tmp_path / "offline"],
+                    progress=False)  # fmt: skip
+    assert summary["env_steps"] == 16 and np.isfinite(summary["final"]["critic_loss"])
+
+    from msdp_perception.bags import BagError, BagReader, BagWriter
+
+    with pytest.raises(BagError, match="lacks /msdp/task_goal"):  # bags recorded without the goal give no rewards
+        with BagReader(bags[0]) as reader, BagWriter(tmp_path / "no_goal") as writer:
+            for topic, msgtype in reader.topics.items():
+                if topic != "/msdp/task_goal":
+                    writer.add_topic(topic, msgtype)
+            for topic, _, timestamp, msg in reader.messages([t for t in reader.topics if t != "/msdp/task_goal"]):
+                writer.write(topic, timestamp, msg)
+        msdp(["offline-log", "--bags", str(tmp_path / "no_goal"), "--encoder", str(encoder),
+              "--out", str(tmp_path / "offline2")])  # fmt: skip

@@ -131,6 +131,8 @@ def _train(args: argparse.Namespace) -> int:
         config["env"]["task"]["name"] = args.task
     if args.bridge:
         config["agent"]["bridge"] = args.bridge
+    if args.rlpd:
+        config["agent"]["rlpd"] = True
     out = Path(args.out or f"runs/train_{config['env']['task']['name']}_{config['encoder_variant']}_s{config['seed']}")
     summary = train(
         from_dict(TrainConfig, config), Path(args.encoder), out, args.resume, [Path(p) for p in args.offline]
@@ -140,6 +142,20 @@ def _train(args: argparse.Namespace) -> int:
         f"train: {summary['env_steps']} environment steps in {summary['wall_s'] / 60:.1f} min "
         f"({summary['env_steps'] / summary['wall_s']:.1f} steps/s); final success {final['success_rate']:.0%}, "
         f"return {final['return']:.2f}; policy {out / 'policy.safetensors'}, curves {out / 'curves.png'}"
+    )
+    return 0
+
+
+def _offline_log(args: argparse.Namespace) -> int:
+    from msdp.config import from_dict
+    from msdp_franka_driver.tasks import TaskConfig
+    from msdp_policy.offline import offline_log_from_bags
+
+    task = from_dict(TaskConfig, {"name": args.task})
+    counts = offline_log_from_bags([Path(b) for b in args.bags], Path(args.encoder), Path(args.out), task)
+    print(
+        f"offline-log: {counts['steps']} steps in {counts['episodes']} episodes ({counts['successes']} successes) "
+        f"in {args.out}; use it with `msdp train --rlpd --offline {args.out}`"
     )
     return 0
 
@@ -238,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--sensors", help="sensor subset, e.g. vision,ft (default: all)")
     tr.add_argument("--bridge", choices=("cross_attention", "pooling", "cls", "concat"))
     tr.add_argument("--threads", type=int, help="torch threads (default: from --config, 1)")
-    tr.add_argument("--offline", nargs="*", default=[], help="transition logs for RLPD (agent.rlpd: true)")
+    tr.add_argument("--rlpd", action="store_true", help="RLPD: half of each batch from the --offline logs")
+    tr.add_argument("--offline", nargs="*", default=[], help="transition logs for RLPD (see msdp offline-log)")
     tr.add_argument("--out", help="run folder (default: runs/train_<task>_<variant>_s<seed>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     tr.add_argument("--config", default=str(CONFIG_DIR / "train.yaml"))
@@ -256,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--stochastic", action="store_true", help="sample actions instead of the mean")
     ev.add_argument("--encoder", help="override the encoder checkpoint named in the policy")
     ev.set_defaults(func=_eval)
+
+    off = sub.add_parser("offline-log", help="encode recorded bags into a transition log with rewards (RLPD data)")
+    off.add_argument("--bags", nargs="+", required=True, help="bag folders with /franka/ee_pose and /msdp/task_goal")
+    off.add_argument("--encoder", required=True, help="the frozen encoder the policy will use")
+    off.add_argument("--task", default="peg", choices=("peg",), help="the task whose reward to compute")
+    off.add_argument("--out", required=True, help="new transition log folder")
+    off.set_defaults(func=_offline_log)
 
     cv = sub.add_parser("curves", help="plot several training runs' learning curves in one PNG")
     cv.add_argument("runs", nargs="+", help="run folders (each with metrics.csv)")

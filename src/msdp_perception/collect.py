@@ -32,6 +32,7 @@ TOPICS = {
     "/joint_states": "sensor_msgs/msg/JointState",
     "/franka/ee_pose": "geometry_msgs/msg/PoseStamped",
     "/msdp/action": "geometry_msgs/msg/TwistStamped",
+    "/msdp/task_goal": "geometry_msgs/msg/PoseStamped",
 }
 _types = TYPESTORE.types
 Header, Time = _types["std_msgs/msg/Header"], _types["builtin_interfaces/msg/Time"]
@@ -98,6 +99,16 @@ class _Recorder:
         pose = Pose(position=Point(x=x, y=y, z=z), orientation=Quaternion(x=qx, y=qy, z=qz, w=qw))
         self.writer.write("/franka/ee_pose", t, PoseStamped(header=_header(t, BASE_FRAME), pose=pose))
 
+    def goal(self, t: int, env: FrankaTaskEnv) -> None:
+        """The episode's goal, as the simulated driver publishes it at a reset (what offline rewards need)."""
+        goal = env.task.goal_pose(env.task.privileged_state(env.sim))
+        if goal is None:
+            return
+        (x, y, z), yaw = goal
+        orientation = Quaternion(x=0.0, y=0.0, z=math.sin(yaw / 2), w=math.cos(yaw / 2))
+        pose = Pose(position=Point(x=float(x), y=float(y), z=float(z)), orientation=orientation)
+        self.writer.write("/msdp/task_goal", t, PoseStamped(header=_header(t, BASE_FRAME), pose=pose))
+
     def action(self, t: int, action: np.ndarray) -> None:
         """A normalised action in physical units: metres and radians of end-effector motion this step."""
         step = action[:3] * self.task.max_step
@@ -144,6 +155,7 @@ def collect_to_bags(out_dir: Path | str, config: CollectConfig, progress: bool =
                         if pending is None:  # a new episode, after a gap in simulated time
                             t += EPISODE_GAP_NS
                             pending = env.reset(seed=_episode_seed(config.seed, episode))[0], False
+                            recorder.goal(t, env)
                             episode += 1
                         obs, terminal = pending
                         recorder.observation(t, obs)

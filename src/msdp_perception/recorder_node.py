@@ -20,7 +20,7 @@ from typing import Any
 
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.topic_endpoint_info import TopicEndpointInfo
 
 from msdp.config import ConfigError, param_range
@@ -36,6 +36,8 @@ DEFAULT_TOPICS = (
     "/franka/equilibrium_pose",
     "/msdp/action",
     "/msdp/embedding",
+    "/msdp/task_goal",
+    "/msdp/reward",
 )
 QUEUE_DEPTH = 100  # messages per topic held between executor turns; a burst beyond it is dropped
 
@@ -75,10 +77,14 @@ def message_class(msgtype: str) -> Any:
 
 
 def matching_qos(publishers: list[TopicEndpointInfo]) -> QoSProfile:
-    """A subscription QoS every publisher matches: a reliable reader does not match a best-effort writer."""
+    """A subscription QoS every publisher matches: a reliable reader does not match a best-effort writer, a
+    transient-local reader (which also gets a latched topic's last message, e.g. /msdp/task_goal) only matches
+    transient-local writers."""
     best_effort = any(p.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT for p in publishers)
     reliability = ReliabilityPolicy.BEST_EFFORT if best_effort else ReliabilityPolicy.RELIABLE
-    return QoSProfile(depth=QUEUE_DEPTH, reliability=reliability)
+    latched = all(p.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL for p in publishers)
+    durability = DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE
+    return QoSProfile(depth=QUEUE_DEPTH, reliability=reliability, durability=durability)
 
 
 class RecorderNode(Node):

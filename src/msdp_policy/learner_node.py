@@ -103,7 +103,11 @@ class LearnerNode(Node):
                 self.exit_code = 2
                 return
         learner = self.learner
-        learner.replay.refresh()
+        try:
+            learner.replay.refresh()
+        except TransitionLogError as exc:  # e.g. a damaged record: keep the weights, say so, try again later
+            self.get_logger().error(f"cannot read new transitions: {exc}", throttle_duration_sec=10.0)
+            return
         env_steps = learner.env_steps()
         learner.catch_up(env_steps, self.config.updates_per_tick)
         updates = learner.agent.critic_updates

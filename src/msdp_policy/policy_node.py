@@ -207,6 +207,11 @@ class PolicyNode(Node):
             )
             return
         rows = np.frombuffer(bytes(msg.data), dtype=np.float32).reshape(msg.height, msg.width)
+        if not np.all(np.isfinite(rows[-1])):
+            self.get_logger().error(
+                "/msdp/embedding: non-finite pooled vector, step skipped", throttle_duration_sec=2.0
+            )
+            return
         result = self.episodes.step(rows, *pose_arrays(self.pose))
         if result.reward is not None:
             self.reward_pub.publish(Float32(data=float(result.reward)))

@@ -1,0 +1,123 @@
+"""RLPD's offline data: recorded bags (such as the pretraining data) turned into a transition log.
+
+Every synchronised sample of the bags is encoded with the frozen encoder; a sample followed by an action
+becomes a step whose reward and success come from the task code (the tool pose after the action, from
+/franka/ee_pose, against the episode's goal, from /msdp/task_goal -- ``msdp collect`` and the recorder write
+both); a sample with no action after it ends its episode (a ``final`` record). The result has the same
+schema as a training run's log, so ``msdp train --rlpd --offline LOG`` and the learner node can mix it in.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from msdp_franka_driver.tasks import TaskConfig, make_task
+from msdp_perception.bags import BagError, BagReader
+from msdp_perception.checkpoint import load_encoder
+from msdp_perception.dataset import BagDataset, find_bags
+from msdp_perception.messages import stamp_nanoseconds
+from msdp_policy.replay import to_bfloat16_bits, transition_schema
+from msdp_policy.transition_log import TransitionWriter
+
+POSE_TOPIC, GOAL_TOPIC = "/franka/ee_pose", "/msdp/task_goal"
+
+
+def _pose_array(msg) -> np.ndarray:
+    p, o = msg.pose.position, msg.pose.orientation
+    return np.array([p.x, p.y, p.z, o.x, o.y, o.z, o.w])
+
+
+def poses_and_goals(bag: Path, stamps_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: the tool pose stamped at the sample's time (N, 7), and the latest goal at or before it
+    (N, 7; NaN before the first goal)."""
+    with BagReader(bag) as reader:
+        missing = [t for t in (POSE_TOPIC, GOAL_TOPIC) if t not in reader.topics]
+        if missing:
+            raise BagError(
+                f"bag {bag} lacks {', '.join(missing)}: offline rewards need the tool pose and the episode goal "
+                "(record them, or collect with `msdp collect`, which writes both)"
+            )
+        found: dict[str, list[tuple[int, np.ndarray]]] = {POSE_TOPIC: [], GOAL_TOPIC: []}
+        for topic, _, _, msg in reader.messages([POSE_TOPIC, GOAL_TOPIC]):
+            found[topic].append((stamp_nanoseconds(msg.header), _pose_array(msg)))
+    out = []
+    for topic, exact in ((POSE_TOPIC, True), (GOAL_TOPIC, False)):
+        readings = sorted(found[topic], key=lambda r: r[0])
+        times = np.array([t for t, _ in readings], np.int64)
+        values = np.array([v for _, v in readings]).reshape(-1, 7)
+        index = np.searchsorted(times, stamps_ns, side="right") - 1
+        valid = index >= 0
+        if exact:
+            valid &= times[np.maximum(index, 0)] == stamps_ns
+        result = np.full((len(stamps_ns), 7), np.nan)
+        result[valid] = values[index[valid]]
+        out.append(result)
+    return out[0], out[1]
+
+
+def offline_log_from_bags(
+    bags: list[Path], encoder_checkpoint: Path, out: Path, task: TaskConfig, progress: bool = True
+) -> dict[str, int]:
+    """Write the log; returns counts of steps, episodes and successes."""
+    bags = find_bags(bags)
+    model, _ = load_encoder(encoder_checkpoint)
+    model.eval()
+    task_code = make_task(task.name)
+    scale = np.array([task.max_step] * 3 + [task.max_yaw_step])[: task_code.action_dim]
+    schema = transition_schema("msdp_frozen", model.config, task_code.action_dim)
+    if (out / "transitions.log").exists():
+        raise FileExistsError(f"{out} already holds a transition log; choose a new folder")
+    counts = {"steps": 0, "episodes": 0, "successes": 0}
+    with TransitionWriter(out, schema, durable=False) as writer:
+        for episode_base, bag in enumerate(bags):
+            data = BagDataset([bag], progress=progress)
+            stamps_ns = np.round(data.stamps * 1e9).astype(np.int64)
+            poses, goals = poses_and_goals(bag, stamps_ns)
+            embeddings = _encode(model, data, progress)
+            episode = episode_base * 10**9  # ids unique across bags
+            for i in range(len(data)):
+                fields = {name: values[i] for name, values in embeddings.items()}
+                following = data.next_index[i]
+                if following < 0:
+                    record = {"action": np.zeros(task_code.action_dim), "reward": 0.0, "terminal": False}
+                    writer.append({**fields, **record, "episode": np.int64(episode), "final": np.bool_(True)})
+                    episode += 1
+                    counts["episodes"] += 1
+                    continue
+                if np.isnan(poses[following]).any() or np.isnan(goals[i]).any():
+                    raise BagError(f"bag {bag}: no tool pose or goal for the sample at {data.stamps[i]:.3f} s")
+                goal = goals[i]
+                goal_yaw = 2.0 * math.atan2(goal[5], goal[6])
+                score = task_code.score_state(
+                    poses[following, :3], poses[following, 3:], task_code.state_from_goal(goal[:3], goal_yaw)
+                )
+                action = np.clip(data.actions[i][: task_code.action_dim] / scale, -1.0, 1.0)
+                writer.append({
+                    **fields, "episode": np.int64(episode), "action": action.astype(np.float32),
+                    "reward": np.float32(score.reward), "terminal": np.bool_(score.success), "final": np.bool_(False),
+                })  # fmt: skip
+                counts["steps"] += 1
+                counts["successes"] += int(score.success)
+    return counts
+
+
+@torch.no_grad()
+def _encode(model, data: BagDataset, progress: bool, batch: int = 256) -> dict[str, np.ndarray]:
+    parts: dict[str, list[np.ndarray]] = {"tokens": [], "present": [], "pooled": []}
+    for start in tqdm(range(0, len(data), batch), desc="encode", unit="batch", disable=not progress):
+        end = start + batch
+        out = model.embed(
+            torch.from_numpy(data.images[start:end]),
+            torch.from_numpy(data.wrench[start:end]),
+            torch.from_numpy(data.proprio[start:end]),
+            torch.from_numpy(data.present[start:end]),
+        )
+        parts["tokens"].append(to_bfloat16_bits(out.tokens.numpy()))
+        parts["present"].append(out.token_present.numpy())
+        parts["pooled"].append(out.pooled.numpy())
+    return {name: np.concatenate(values) for name, values in parts.items()}
