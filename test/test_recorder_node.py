@@ -27,7 +27,11 @@ SENSORS = {
     "/joint_states": "sensor_msgs/msg/JointState",
     "/franka/ee_pose": "geometry_msgs/msg/PoseStamped",
 }
-RECORDED = {**SENSORS, "/msdp/action": "geometry_msgs/msg/TwistStamped"}
+RECORDED = {
+    **SENSORS,
+    "/msdp/action": "geometry_msgs/msg/TwistStamped",
+    "/msdp/task_goal": "geometry_msgs/msg/PoseStamped",
+}
 
 
 @pytest.fixture(scope="class")
