@@ -1,0 +1,86 @@
+"""Diagnostic: how precisely do frozen MSDP embeddings tell where the peg is relative to the hole?
+
+Peg insertion needs the tip within the hole's clearance (3 mm); the hole's position and yaw are random and
+visible only to the camera. This fits ridge-regression probes from different views of the embedding to the
+true tip-to-hole offset (x, y) and yaw error, on bags that carry /franka/ee_pose and /msdp/task_goal (from
+``msdp collect``), with the last 20 % of samples held out, and prints the held-out error. Not part of the
+product; run it by hand:
+
+    .venv/bin/msdp collect --out data/peg_probe --samples 6000 --seed 7
+    .venv/bin/python scripts/probe_embedding.py --bags data/peg_probe --encoder runs/pretrain_peg_r/encoder.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from msdp_franka_driver.tasks import peg_yaw_error
+from msdp_perception.checkpoint import load_encoder
+from msdp_perception.dataset import BagDataset, find_bags
+from msdp_policy.offline import poses_and_goals
+
+
+def ridge_rmse(train_x, train_y, test_x, test_y, strength: float = 1.0) -> np.ndarray:
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    a, b = (train_x - mean) / std, (test_x - mean) / std
+    a, b = np.hstack([a, np.ones((len(a), 1))]), np.hstack([b, np.ones((len(b), 1))])
+    weights = np.linalg.solve(a.T @ a + strength * len(a) * 1e-3 * np.eye(a.shape[1]), a.T @ train_y)
+    return np.sqrt(((b @ weights - test_y) ** 2).mean(0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bags", nargs="+", required=True)
+    parser.add_argument("--encoder", required=True)
+    args = parser.parse_args()
+    model, _ = load_encoder(args.encoder)
+    model.eval()
+    features: dict[str, list[np.ndarray]] = {
+        "pooled": [],
+        "pooled + F/T + joint tokens": [],
+        "4x4 grid + F/T + joint": [],
+    }
+    targets, proprio = [], []
+    for bag in find_bags([Path(b) for b in args.bags]):
+        data = BagDataset([bag], progress=False)
+        poses, goals = poses_and_goals(bag, np.round(data.stamps * 1e9).astype(np.int64))
+        with torch.no_grad():
+            for start in range(0, len(data), 256):
+                s = slice(start, start + 256)
+                out = model.embed(
+                    *(torch.from_numpy(a[s]) for a in (data.images, data.wrench, data.proprio, data.present))
+                )
+                tokens, grid = out.tokens.numpy(), model.config.vision_grid
+                vision = tokens[:, : grid * grid].reshape(len(tokens), grid, grid, -1)
+                coarse = (
+                    vision.reshape(len(tokens), 4, grid // 4, 4, grid // 4, -1).mean((2, 4)).reshape(len(tokens), -1)
+                )
+                features["pooled"].append(out.pooled.numpy())
+                features["pooled + F/T + joint tokens"].append(
+                    np.hstack([out.pooled.numpy(), tokens[:, -2], tokens[:, -1]])
+                )
+                features["4x4 grid + F/T + joint"].append(np.hstack([coarse, tokens[:, -2], tokens[:, -1]]))
+        for pose, goal in zip(poses, goals, strict=True):
+            yaw = peg_yaw_error(pose[3:], 2.0 * math.atan2(goal[5], goal[6]))
+            targets.append([*(pose[:2] - goal[:2]), yaw])
+        proprio.append(data.proprio)
+    y = np.array(targets)
+    split = int(0.8 * len(y))
+    print(
+        f"{len(y)} samples ({split} fit, {len(y) - split} held out); spread of the targets (std): "
+        f"x {1e3 * y[:, 0].std():.1f} mm, y {1e3 * y[:, 1].std():.1f} mm, yaw {y[:, 2].std():.3f} rad"
+    )
+    views = {"joint state only (no camera)": np.concatenate(proprio)}
+    views.update({name: np.concatenate(parts) for name, parts in features.items()})
+    for name, x in views.items():
+        rmse = ridge_rmse(x[:split], y[:split], x[split:], y[split:])
+        print(f"{name:32s} held-out RMSE: x {1e3 * rmse[0]:5.1f} mm, y {1e3 * rmse[1]:5.1f} mm, yaw {rmse[2]:.3f} rad")
+
+
+if __name__ == "__main__":
+    main()
