@@ -3,8 +3,8 @@
 Peg insertion needs the tip within the hole's clearance (3 mm); the hole's position and yaw are random and
 visible only to the camera. This fits ridge-regression probes from different views of the embedding to the
 true tip-to-hole offset (x, y) and yaw error, on bags that carry /franka/ee_pose and /msdp/task_goal (from
-``msdp collect``), with the last 20 % of samples held out, and prints the held-out error. Not part of the
-product; run it by hand:
+``msdp collect``), with the last 20 % of samples held out, and prints the held-out error; for the actor's
+input also that of a 2-layer MLP probe. Not part of the product; run it by hand:
 
     .venv/bin/msdp collect --out data/peg_probe --samples 6000 --seed 7
     .venv/bin/python scripts/probe_embedding.py --bags data/peg_probe --encoder runs/pretrain_peg_r/encoder.safetensors
@@ -31,6 +31,29 @@ def ridge_rmse(train_x, train_y, test_x, test_y, strength: float = 1.0) -> np.nd
     a, b = np.hstack([a, np.ones((len(a), 1))]), np.hstack([b, np.ones((len(b), 1))])
     weights = np.linalg.solve(a.T @ a + strength * len(a) * 1e-3 * np.eye(a.shape[1]), a.T @ train_y)
     return np.sqrt(((b @ weights - test_y) ** 2).mean(0))
+
+
+def mlp_rmse(train_x, train_y, test_x, test_y, epochs: int = 300) -> np.ndarray:
+    """The actor's capacity: a 2 x 256 ReLU MLP, full-batch Adam, targets standardised."""
+    torch.manual_seed(0)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    y_mean, y_std = train_y.mean(0), train_y.std(0)
+    a = torch.tensor((train_x - mean) / std, dtype=torch.float32)
+    b = torch.tensor((test_x - mean) / std, dtype=torch.float32)
+    target = torch.tensor((train_y - y_mean) / y_std, dtype=torch.float32)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(a.shape[1], 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(),
+        torch.nn.Linear(256, train_y.shape[1]),
+    )  # fmt: skip
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    for _ in range(epochs):
+        loss = (net(a) - target).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        predicted = net(b).numpy() * y_std + y_mean
+    return np.sqrt(((predicted - test_y) ** 2).mean(0))
 
 
 def main() -> None:
@@ -79,7 +102,11 @@ def main() -> None:
     views.update({name: np.concatenate(parts) for name, parts in features.items()})
     for name, x in views.items():
         rmse = ridge_rmse(x[:split], y[:split], x[split:], y[split:])
-        print(f"{name:32s} held-out RMSE: x {1e3 * rmse[0]:5.1f} mm, y {1e3 * rmse[1]:5.1f} mm, yaw {rmse[2]:.3f} rad")
+        print(f"{name:32s} linear RMSE: x {1e3 * rmse[0]:5.1f} mm, y {1e3 * rmse[1]:5.1f} mm, yaw {rmse[2]:.3f} rad")
+    x = views["pooled"]
+    rmse = mlp_rmse(x[:split], y[:split], x[split:], y[split:])
+    errors = f"x {1e3 * rmse[0]:5.1f} mm, y {1e3 * rmse[1]:5.1f} mm, yaw {rmse[2]:.3f} rad"
+    print(f"{'pooled (the actor input)':32s} MLP    RMSE: {errors}")
 
 
 if __name__ == "__main__":
