@@ -26,14 +26,28 @@ from msdp_policy.evaluation import EVAL_SEED_BASE
 from msdp_policy.training import plot_learning_curves, write_rows
 
 
-def peg_state(env: FrankaTaskEnv, observation: dict[str, np.ndarray]) -> np.ndarray:
-    """Tip minus hole (cm), yaw error (rad), mean wrench over the window (symlog), tip velocity proxy."""
-    state = env.task.privileged_state(env.sim)
-    tip = observation["ee_pose"][:3]
-    offset = (tip - state["hole_position"]) * 100.0
-    yaw = peg_yaw_error(observation["ee_pose"][3:], float(state["hole_yaw"]))
-    wrench = observation["wrench"].mean(axis=0)
-    return np.concatenate([offset, [yaw], np.sign(wrench) * np.log1p(np.abs(wrench))]).astype(np.float32)
+class PegState:
+    """Tip minus hole (cm), yaw error (rad), mean wrench over the window (symlog).
+
+    ``hole_error`` (m) shifts the hole the agent is told about by a random horizontal offset drawn once per
+    episode, and ``hide_yaw`` replaces the yaw error by the tool's own yaw: together they give the agent about
+    what the frozen embedding knows (see probe_embedding.py), with exact state otherwise.
+    """
+
+    def __init__(self, hole_error: float, hide_yaw: bool, rng: np.random.Generator):
+        self.hole_error, self.hide_yaw, self.rng = hole_error, hide_yaw, rng
+        self.bias = np.zeros(3)
+
+    def new_episode(self) -> None:
+        self.bias = np.array([*self.rng.normal(0.0, self.hole_error, 2), 0.0])
+
+    def __call__(self, env: FrankaTaskEnv, observation: dict[str, np.ndarray]) -> np.ndarray:
+        state = env.task.privileged_state(env.sim)
+        tip, orientation = observation["ee_pose"][:3], observation["ee_pose"][3:]
+        offset = (tip - state["hole_position"] - self.bias) * 100.0
+        yaw = peg_yaw_error(orientation, 0.0 if self.hide_yaw else float(state["hole_yaw"]))
+        wrench = observation["wrench"].mean(axis=0)
+        return np.concatenate([offset, [yaw], np.sign(wrench) * np.log1p(np.abs(wrench))]).astype(np.float32)
 
 
 def main() -> None:
@@ -44,6 +58,8 @@ def main() -> None:
     parser.add_argument("--random-steps", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/state_sac_peg")
+    parser.add_argument("--hole-error", type=float, default=0.0, help="m, std of the per-episode hole offset told")
+    parser.add_argument("--hide-yaw", action="store_true", help="do not tell the hole's yaw")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -51,6 +67,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     env, eval_env = FrankaTaskEnv(EnvConfig()), FrankaTaskEnv(EnvConfig())
     rng = np.random.default_rng(args.seed)
+    peg_state = PegState(args.hole_error, args.hide_yaw, np.random.default_rng(args.seed + 1))
+    eval_state = PegState(args.hole_error, args.hide_yaw, np.random.default_rng(args.seed + 2))
     dim = 10
     agent = SACAgent(from_dict(AgentConfig, {"bridge": "concat"}), dim, 1, env.action_dim)
     size = args.steps + 1000
@@ -65,10 +83,11 @@ def main() -> None:
         successes, returns = [], []
         for episode in range(args.eval_episodes):
             observation, _ = eval_env.reset(seed=EVAL_SEED_BASE + episode)
+            eval_state.new_episode()
             total, done, info = 0.0, False, {}
             while not done:
                 observation, reward, terminated, truncated, info = eval_env.step(
-                    act(peg_state(eval_env, observation), True)
+                    act(eval_state(eval_env, observation), True)
                 )
                 total += reward
                 done = terminated or truncated
@@ -78,6 +97,7 @@ def main() -> None:
 
     rows, started = [], time.monotonic()
     observation, _ = env.reset(seed=int(rng.integers(2**31)))
+    peg_state.new_episode()
     state = peg_state(env, observation)
     for step in range(args.steps + 1):
         if step % args.eval_every == 0:
@@ -100,6 +120,7 @@ def main() -> None:
         state = next_state
         if terminated or truncated:
             observation, _ = env.reset(seed=int(rng.integers(2**31)))
+            peg_state.new_episode()
             state = peg_state(env, observation)
         if step >= 1000:
             for _ in range(2):

@@ -78,7 +78,8 @@ class Replay:
     def __init__(self, reader: TransitionReader):
         self.reader = reader
         self.fields = [name for name in OBSERVATION_FIELDS if name in reader.schema.fields]
-        self._linked = np.zeros(0, dtype=np.int64)
+        self._linked = np.zeros(1024, dtype=np.int64)  # indices of sampleable records, grown by doubling
+        self._n_linked = 0
         self._checked = 0  # records before this index have been tested for a successor
         self.refresh()
 
@@ -89,18 +90,23 @@ class Replay:
         if count - 1 > self._checked:
             i = np.arange(self._checked, count - 1)
             ok = ~arrays["final"][i] & (arrays["episode"][i + 1] == arrays["episode"][i])
-            self._linked = np.concatenate([self._linked, i[ok]])
+            linked = i[ok]
+            needed = self._n_linked + len(linked)
+            if needed > len(self._linked):
+                self._linked = np.concatenate([self._linked, np.zeros(max(needed, len(self._linked)), np.int64)])
+            self._linked[self._n_linked : needed] = linked
+            self._n_linked = needed
             self._checked = count - 1
         return new
 
     def __len__(self) -> int:
         """Transitions that can be sampled (every step whose next observation is in the log)."""
-        return len(self._linked)
+        return self._n_linked
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         if not len(self):
             raise RuntimeError(f"{self.reader.folder}: no complete transition to sample yet")
-        i = self._linked[rng.integers(len(self._linked), size=batch_size)]
+        i = self._linked[rng.integers(self._n_linked, size=batch_size)]
         arrays = self.reader.arrays
         batch = {name: torch.from_numpy(arrays[name][i]) for name in ("action", "reward", "terminal")}
         for name in self.fields:
