@@ -83,7 +83,7 @@ def generate_launch_description() -> LaunchDescription:
                 parameters=[
                     os.path.join(share, "config", "policy.yaml"),
                     {
-                        "transitions": PythonExpression(["'", learn, "' or 'runs/eval'", " + '/transitions'"]),
+                        "transitions": PythonExpression(["('", learn, "' or 'runs/eval') + '/transitions'"]),
                         "policy": LaunchConfiguration("policy"),
                         "deterministic": LaunchConfiguration("deterministic"),
                         "task.name": LaunchConfiguration("task"),
