@@ -20,7 +20,7 @@ import torch
 
 from msdp.config import from_dict
 from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
-from msdp_franka_driver.tasks import peg_yaw_error
+from msdp_franka_driver.tasks import TaskConfig, peg_yaw_error
 from msdp_policy.agent import AgentConfig, SACAgent
 from msdp_policy.evaluation import EVAL_SEED_BASE
 from msdp_policy.training import plot_learning_curves, write_rows
@@ -60,12 +60,14 @@ def main() -> None:
     parser.add_argument("--out", default="runs/state_sac_peg")
     parser.add_argument("--hole-error", type=float, default=0.0, help="m, std of the per-episode hole offset told")
     parser.add_argument("--hide-yaw", action="store_true", help="do not tell the hole's yaw")
+    parser.add_argument("--hole-yaw-range", type=float, default=TaskConfig.hole_yaw_range, help="rad, +-")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env, eval_env = FrankaTaskEnv(EnvConfig()), FrankaTaskEnv(EnvConfig())
+    config = EnvConfig(task=TaskConfig(hole_yaw_range=args.hole_yaw_range))
+    env, eval_env = FrankaTaskEnv(config), FrankaTaskEnv(config)
     rng = np.random.default_rng(args.seed)
     peg_state = PegState(args.hole_error, args.hide_yaw, np.random.default_rng(args.seed + 1))
     eval_state = PegState(args.hole_error, args.hide_yaw, np.random.default_rng(args.seed + 2))
