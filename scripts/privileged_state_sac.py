@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from msdp.config import from_dict
+from msdp.metrics import write_rows
 from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
 from msdp_franka_driver.tasks import TaskConfig, peg_yaw_error
 from msdp_policy.agent import AgentConfig, SACAgent
 from msdp_policy.evaluation import EVAL_SEED_BASE
-from msdp_policy.training import plot_learning_curves, write_rows
+from msdp_policy.training import plot_learning_curves
 
 
 class PegState:

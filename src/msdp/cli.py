@@ -174,7 +174,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _curves(args: argparse.Namespace) -> int:
-    from msdp_policy.training import plot_learning_curves, read_rows
+    from msdp.metrics import read_rows
+    from msdp_policy.training import plot_learning_curves
 
     runs = {Path(run).name: read_rows(Path(run) / "metrics.csv") for run in args.runs}
     plot_learning_curves(runs, Path(args.out))

@@ -8,7 +8,6 @@ validation), ``metrics.csv`` (train and held-out loss per modality against the s
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -20,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from msdp.config import ConfigError, param_range, to_dict
+from msdp.metrics import write_rows
 from msdp_perception.checkpoint import save_encoder
 from msdp_perception.dataset import BagDataset, find_bags
 from msdp_perception.model import MSDPConfig, MSDPModel
@@ -213,7 +213,7 @@ def pretrain(
                 fusion = fusion_check(model, val, config.val_samples)
                 row.update({f"{m}_explained_by_others": f["explained"] for m, f in fusion.items()})
             rows.append(row)
-            write_metrics(out_dir / "metrics.csv", rows)
+            write_rows(out_dir / "metrics.csv", rows)
             plot_curves(rows, out_dir / "curves.png")
             plot_preview(model, val if len(val_idx) else train, preview_idx, out_dir / "preview.png")
             save_encoder(out_dir / "encoder", model, {**training, "steps": step + 1, "metrics": row})
@@ -229,10 +229,3 @@ def pretrain(
     save_encoder(out_dir / "encoder", model, summary)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[-1]))
-        writer.writeheader()
-        writer.writerows(rows)

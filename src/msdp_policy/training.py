@@ -9,7 +9,6 @@ needs: networks, optimisers, counters; the replay is the transition log itself, 
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -22,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from msdp.config import ConfigError, from_dict, param_range, to_dict
+from msdp.metrics import read_rows, write_rows
 from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
 from msdp_perception.checkpoint import load_encoder
 from msdp_perception.model import MSDPModel
@@ -229,25 +229,6 @@ def train(
     summary = trainer.run(progress)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def write_rows(path: Path, rows: list[dict[str, float]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[-1]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def read_rows(path: Path) -> list[dict[str, float]]:
-    with open(path) as f:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _number(text: str) -> float:
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
 
 
 def plot_learning_curves(runs: dict[str, list[dict[str, float]]], path: Path) -> None:
