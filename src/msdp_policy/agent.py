@@ -203,6 +203,12 @@ class Actor(nn.Module):
         log_prob = (normal.log_prob(raw) - 2 * (math.log(2) - raw - F.softplus(-2 * raw))).sum(-1)
         return action, log_prob, torch.tanh(mean)
 
+    @torch.no_grad()
+    def act(self, pooled_embedding: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """Actions for acting (no gradient): sampled, or the mean action for evaluation."""
+        action, _, mean_action = self.sample(pooled_embedding)
+        return mean_action if deterministic else action
+
 
 class SACAgent(nn.Module):
     """Soft actor-critic with automatic temperature over MSDP token embeddings.
@@ -249,10 +255,8 @@ class SACAgent(nn.Module):
             batch[f"{prefix}image"], batch[f"{prefix}wrench"], batch[f"{prefix}proprio"], batch[f"{prefix}sensors"]
         )
 
-    @torch.no_grad()
     def act(self, pooled_embedding: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        action, _, mean_action = self.actor.sample(pooled_embedding)
-        return mean_action if deterministic else action
+        return self.actor.act(pooled_embedding, deterministic)
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One critic update, plus an actor and temperature update every ``critic_updates_per_actor_update``."""

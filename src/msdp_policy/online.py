@@ -109,6 +109,5 @@ class OnlineEpisodes:
     def choose_action(self, pooled: np.ndarray) -> np.ndarray:
         if self.writer.count < self.random_steps or self.actor is None:
             return self.rng.uniform(-1.0, 1.0, self.task.action_dim)
-        with torch.no_grad():
-            action, _, mean_action = self.actor.sample(torch.from_numpy(pooled)[None])
-        return (mean_action if self.deterministic else action)[0].numpy().astype(np.float64)
+        action = self.actor.act(torch.from_numpy(pooled)[None], self.deterministic)
+        return action[0].numpy().astype(np.float64)

@@ -24,7 +24,7 @@ from msdp_perception.checkpoint import (
     load_weights,
     save_module,
 )
-from msdp_perception.model import MODALITIES, Embedding, MSDPModel
+from msdp_perception.model import MODALITIES, Embedding, MSDPConfig, MSDPModel
 from msdp_policy.agent import Actor, AgentConfig
 
 POLICY_FORMAT = "msdp-policy"
@@ -81,10 +81,8 @@ class Policy:
             self.present,
         )
 
-    @torch.no_grad()
     def act(self, pooled: torch.Tensor, deterministic: bool = True) -> np.ndarray:
-        action, _, mean_action = self.actor.sample(pooled.reshape(1, -1))
-        return (mean_action if deterministic else action)[0].numpy().astype(np.float64)
+        return self.actor.act(pooled.reshape(1, -1), deterministic)[0].numpy().astype(np.float64)
 
 
 def save_policy(path: str | Path, actor: Actor, encoder: MSDPModel | None, info: PolicyInfo) -> Path:
@@ -120,8 +118,6 @@ def load_policy(path: str | Path, encoder_checkpoint: str | Path | None = None) 
     except (ConfigError, KeyError) as exc:
         raise CheckpointError(f"{meta}: bad policy sidecar ({exc})") from exc
     if info.encoder_variant == "scratch":
-        from msdp_perception.model import MSDPConfig
-
         encoder = MSDPModel(from_dict(MSDPConfig, sidecar["encoder_config"]))
     else:
         encoder, _ = load_encoder(info.encoder_checkpoint)
