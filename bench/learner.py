@@ -19,7 +19,7 @@ import torch
 from msdp.config import from_dict
 from msdp_perception.model import MSDPConfig, MSDPModel
 from msdp_policy.agent import BRIDGES, AgentConfig, SACAgent
-from msdp_policy.replay import ENCODER_VARIANTS, Replay, to_bfloat16_bits, transition_schema
+from msdp_policy.replay import ENCODER_VARIANTS, Replay, embedding_record, transition_schema
 from msdp_policy.transition_log import TransitionReader, TransitionWriter
 
 
@@ -34,7 +34,7 @@ def fill_log(folder: Path, variant: str, model: MSDPConfig, transitions: int) ->
             }  # fmt: skip
             if variant == "msdp_frozen":
                 tokens = rng.normal(size=(model.n_tokens, model.width)).astype(np.float32)
-                record.update(tokens=to_bfloat16_bits(tokens), present=np.ones(model.n_tokens, bool), pooled=tokens[0])
+                record.update(embedding_record(tokens, np.ones(model.n_tokens, bool), tokens[0]))
             else:
                 record.update(
                     image=rng.integers(0, 255, (model.image_size, model.image_size, 3), dtype=np.uint8),

@@ -21,7 +21,7 @@ from msdp_perception.bags import BagError, BagReader
 from msdp_perception.checkpoint import load_encoder
 from msdp_perception.dataset import BagDataset, find_bags
 from msdp_perception.messages import stamp_nanoseconds
-from msdp_policy.replay import to_bfloat16_bits, transition_schema
+from msdp_policy.replay import embedding_record, transition_schema
 from msdp_policy.transition_log import TransitionWriter
 
 POSE_TOPIC, GOAL_TOPIC = "/franka/ee_pose", "/msdp/task_goal"
@@ -108,7 +108,7 @@ def offline_log_from_bags(
 
 @torch.no_grad()
 def _encode(model, data: BagDataset, progress: bool, batch: int = 256) -> dict[str, np.ndarray]:
-    parts: dict[str, list[np.ndarray]] = {"tokens": [], "present": [], "pooled": []}
+    parts: list[dict[str, np.ndarray]] = []
     for start in tqdm(range(0, len(data), batch), desc="encode", unit="batch", disable=not progress):
         end = start + batch
         out = model.embed(
@@ -117,7 +117,5 @@ def _encode(model, data: BagDataset, progress: bool, batch: int = 256) -> dict[s
             torch.from_numpy(data.proprio[start:end]),
             torch.from_numpy(data.present[start:end]),
         )
-        parts["tokens"].append(to_bfloat16_bits(out.tokens.numpy()))
-        parts["present"].append(out.token_present.numpy())
-        parts["pooled"].append(out.pooled.numpy())
-    return {name: np.concatenate(values) for name, values in parts.items()}
+        parts.append(embedding_record(out.tokens.numpy(), out.token_present.numpy(), out.pooled.numpy()))
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}

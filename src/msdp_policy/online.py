@@ -17,7 +17,7 @@ import torch
 from msdp_franka_driver.tasks import TaskConfig, make_task, target_after
 from msdp_perception.encoder import unpack_embedding
 from msdp_policy.agent import Actor
-from msdp_policy.replay import to_bfloat16_bits
+from msdp_policy.replay import embedding_record
 from msdp_policy.transition_log import TransitionWriter
 
 
@@ -83,11 +83,7 @@ class OnlineEpisodes:
         if not self.running:
             raise RuntimeError("no episode running: call start_episode first")
         encoded = unpack_embedding(rows)
-        embedding = {
-            "tokens": to_bfloat16_bits(encoded.tokens),
-            "present": encoded.token_present,
-            "pooled": encoded.pooled,
-        }
+        embedding = embedding_record(encoded.tokens, encoded.token_present, encoded.pooled)
         reward = None
         if self.pending is not None:
             score = self.task.score_state(position, orientation, self.goal_state)

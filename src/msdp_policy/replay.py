@@ -63,6 +63,11 @@ def to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
     return bits.numpy().view(np.uint16)
 
 
+def embedding_record(tokens: np.ndarray, present: np.ndarray, pooled: np.ndarray) -> dict[str, np.ndarray]:
+    """A frozen encoder's output as the observation fields of log records (one record, or a batch of them)."""
+    return {"tokens": to_bfloat16_bits(tokens), "present": np.asarray(present, bool), "pooled": np.asarray(pooled)}
+
+
 def _tensor(values: np.ndarray, name: str) -> torch.Tensor:
     tensor = torch.from_numpy(values)
     return tensor.view(torch.bfloat16) if name == "tokens" else tensor

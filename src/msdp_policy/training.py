@@ -29,7 +29,7 @@ from msdp_policy.agent import AgentConfig, SACAgent
 from msdp_policy.evaluation import evaluate
 from msdp_policy.learner import Learner
 from msdp_policy.policy import SENSOR_SUBSETS, Policy, PolicyInfo, save_policy
-from msdp_policy.replay import ENCODER_VARIANTS, Replay, to_bfloat16_bits, transition_schema
+from msdp_policy.replay import ENCODER_VARIANTS, Replay, embedding_record, transition_schema
 from msdp_policy.transition_log import TransitionLogError, TransitionReader, TransitionWriter
 
 
@@ -66,7 +66,7 @@ class Trainer:
         if config.encoder_variant == "scratch":  # same network and normalisation, weights drawn afresh
             scratch = MSDPModel(model)
             scratch.normalizer.load_state_dict(pretrained.normalizer.state_dict())
-        self.encoder = (scratch or pretrained).eval()
+        self.encoder = (scratch if scratch is not None else pretrained).eval()
         self.agent = SACAgent(config.agent, model.width, model.n_tokens, self.env.action_dim, encoder=scratch)
         self.schema = transition_schema(config.encoder_variant, model, self.env.action_dim)
         self.writer = TransitionWriter(out_dir / "transitions", self.schema, durable=False)
@@ -118,12 +118,9 @@ class Trainer:
     def record(self, observation: dict[str, np.ndarray], embedding: Any, episode: int) -> dict[str, np.ndarray]:
         """The observation fields of a log record (see replay.transition_schema)."""
         if self.config.encoder_variant == "msdp_frozen":
-            return {
-                "tokens": to_bfloat16_bits(embedding.tokens[0].numpy()),
-                "present": embedding.token_present[0].numpy(),
-                "pooled": embedding.pooled[0].numpy(),
-                "episode": np.int64(episode),
-            }
+            fields = embedding_record(embedding.tokens[0].numpy(), embedding.token_present[0].numpy(),
+                                      embedding.pooled[0].numpy())  # fmt: skip
+            return {**fields, "episode": np.int64(episode)}
         return {
             "image": observation["image"],
             "wrench": observation["wrench"],
