@@ -8,6 +8,8 @@ keeps acting with the last weights.
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -133,3 +135,19 @@ def test_policy_and_learner_nodes_learn_online_and_survive_kills(tmp_path):
         assert labels == sorted(labels)
     finally:
         probe.close()
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"task.name": "push_cube"}, "scoring needs object states"),
+        ({"task.max_step": 5.0}, "'task.max_step': 5.0 is outside"),
+        ({"policy": "/nonexistent/policy.safetensors"}, "not found"),
+    ],
+)
+def test_the_policy_node_refuses_what_it_cannot_run_with_a_clear_error(tmp_path, params, message):
+    args = [sys.executable, "-m", "msdp_policy.policy_node", "--ros-args", "-p", f"transitions:={tmp_path / 'log'}"]
+    args += [a for key, value in params.items() for a in ("-p", f"{key}:={value}")]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert result.returncode in (1, 2) and message in result.stderr, result.stderr
+    assert not (tmp_path / "log").exists()  # nothing half-created

@@ -86,6 +86,10 @@ class PolicyNode(Node):
         try:
             self.config = c = declare_config(self, PolicyNodeConfig)
             task = make_task(c.task.name)
+            try:
+                task.state_from_goal(np.zeros(3), 0.0)
+            except NotImplementedError as exc:
+                raise ConfigError(f"parameter 'task.name': {exc}; the policy node scores by a goal pose") from exc
             if c.policy:
                 policy = load_policy(c.policy)
                 if policy.info.encoder_variant != "msdp_frozen":
@@ -145,12 +149,7 @@ class PolicyNode(Node):
         if any(self.config.goal):
             return  # a configured goal wins
         position, orientation = pose_arrays(msg)
-        yaw = 2.0 * math.atan2(orientation[2], orientation[3])
-        try:
-            self.goal_state = self.task.state_from_goal(position, yaw)
-        except NotImplementedError as exc:
-            self.get_logger().error(str(exc), throttle_duration_sec=10.0)
-            return
+        self.goal_state = self.task.state_from_goal(position, 2.0 * math.atan2(orientation[2], orientation[3]))
         self.goal_stamp = stamp_seconds(msg.header)
 
     def on_weights(self, msg: UInt8MultiArray) -> None:
