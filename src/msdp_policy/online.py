@@ -68,10 +68,6 @@ class OnlineEpisodes:
         self.episode, self.next_episode = self.next_episode, self.next_episode + 1
         self.goal_state, self.pending, self.steps = goal_state, None, 0
 
-    def abort_episode(self) -> None:
-        """Stop without a final record (e.g. the robot faulted): logged steps stay, unlinked at the end."""
-        self.episode, self.pending = None, None
-
     def _record(self, embedding: dict[str, np.ndarray], action: np.ndarray, reward: float, terminal: bool, final: bool):
         self.writer.append({
             **embedding, "episode": np.int64(self.episode), "action": action.astype(np.float32),
