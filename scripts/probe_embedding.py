@@ -22,6 +22,7 @@ import torch
 from msdp_franka_driver.tasks import peg_yaw_error
 from msdp_perception.checkpoint import load_encoder
 from msdp_perception.dataset import BagDataset, find_bags
+from msdp_perception.model import MSDPModel
 from msdp_policy.offline import poses_and_goals
 
 
@@ -56,10 +57,38 @@ def mlp_rmse(train_x, train_y, test_x, test_y, epochs: int = 300) -> np.ndarray:
     return np.sqrt(((predicted - test_y) ** 2).mean(0))
 
 
+def supervised_rmse(data: dict[str, np.ndarray], y: np.ndarray, split: int, config, steps: int) -> np.ndarray:
+    """The same encoder network from random weights, trained by regression on the pooled vector: what the
+    pixels and the architecture allow when the features are learnt for this target (not by reconstruction)."""
+    torch.manual_seed(0)
+    model = MSDPModel(config)
+    head = torch.nn.Linear(config.width, y.shape[1])
+    y_mean, y_std = y[:split].mean(0), y[:split].std(0)
+    target = torch.tensor((y - y_mean) / y_std, dtype=torch.float32)
+    optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=1e-3)
+    rng = np.random.default_rng(0)
+    tensors = {k: torch.from_numpy(v) for k, v in data.items()}
+
+    def predict(index: np.ndarray) -> torch.Tensor:
+        return head(model.embed(*(tensors[k][index] for k in ("images", "wrench", "proprio", "present"))).pooled)
+
+    for _ in range(steps):
+        index = rng.integers(split, size=64)
+        loss = (predict(index) - target[index]).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        held_out = np.arange(split, len(y))
+        predicted = np.concatenate([predict(held_out[i : i + 256]).numpy() for i in range(0, len(held_out), 256)])
+    return np.sqrt(((predicted * y_std + y_mean - y[split:]) ** 2).mean(0))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bags", nargs="+", required=True)
     parser.add_argument("--encoder", required=True)
+    parser.add_argument("--supervised-steps", type=int, default=0, help="also train the network by regression")
     args = parser.parse_args()
     model, _ = load_encoder(args.encoder)
     model.eval()
@@ -68,7 +97,7 @@ def main() -> None:
         "pooled + F/T + joint tokens": [],
         "4x4 grid + F/T + joint": [],
     }
-    targets, proprio = [], []
+    targets, proprio, raw = [], [], []
     for bag in find_bags([Path(b) for b in args.bags]):
         data = BagDataset([bag], progress=False)
         poses, goals = poses_and_goals(bag, np.round(data.stamps * 1e9).astype(np.int64))
@@ -92,6 +121,7 @@ def main() -> None:
             yaw = peg_yaw_error(pose[3:], 2.0 * math.atan2(goal[5], goal[6]))
             targets.append([*(pose[:2] - goal[:2]), yaw])
         proprio.append(data.proprio)
+        raw.append({"images": data.images, "wrench": data.wrench, "proprio": data.proprio, "present": data.present})
     y = np.array(targets)
     split = int(0.8 * len(y))
     print(
@@ -107,6 +137,11 @@ def main() -> None:
     rmse = mlp_rmse(x[:split], y[:split], x[split:], y[split:])
     errors = f"x {1e3 * rmse[0]:5.1f} mm, y {1e3 * rmse[1]:5.1f} mm, yaw {rmse[2]:.3f} rad"
     print(f"{'pooled (the actor input)':32s} MLP    RMSE: {errors}")
+    if args.supervised_steps:
+        arrays = {k: np.concatenate([part[k] for part in raw]) for k in raw[0]}
+        rmse = supervised_rmse(arrays, y, split, model.config, args.supervised_steps)
+        errors = f"x {1e3 * rmse[0]:5.1f} mm, y {1e3 * rmse[1]:5.1f} mm, yaw {rmse[2]:.3f} rad"
+        print(f"{'same network, trained to regress':32s} RMSE:        {errors}")
 
 
 if __name__ == "__main__":
