@@ -84,11 +84,39 @@ def supervised_rmse(data: dict[str, np.ndarray], y: np.ndarray, split: int, conf
     return np.sqrt(((predicted * y_std + y_mean - y[split:]) ** 2).mean(0))
 
 
+def pixel_cnn_rmse(images: np.ndarray, hole: np.ndarray, split: int, steps: int) -> np.ndarray:
+    """A small CNN with a spatial (flattened, not pooled) readout, trained to regress the hole's x, y and yaw
+    from the camera image alone: whether the 64x64 pixels hold the hole's pose at all."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 5, stride=2, padding=2), torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 64, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(64, 64, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(64 * (images.shape[1] // 8) ** 2, 256), torch.nn.ReLU(),
+        torch.nn.Linear(256, hole.shape[1]),
+    )  # fmt: skip
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    mean, std = hole[:split].mean(0), hole[:split].std(0)
+    target = torch.tensor((hole - mean) / std, dtype=torch.float32)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        index = rng.integers(split, size=64)
+        loss = (net(x[index]) - target[index]).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        predicted = net(x[split:]).numpy() * std + mean
+    return np.sqrt(((predicted - hole[split:]) ** 2).mean(0))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bags", nargs="+", required=True)
     parser.add_argument("--encoder", required=True)
     parser.add_argument("--supervised-steps", type=int, default=0, help="also train the network by regression")
+    parser.add_argument("--pixel-cnn-steps", type=int, default=0, help="also fit a CNN: hole pose from pixels")
     args = parser.parse_args()
     model, _ = load_encoder(args.encoder)
     model.eval()
@@ -97,7 +125,7 @@ def main() -> None:
         "pooled + F/T + joint tokens": [],
         "4x4 grid + F/T + joint": [],
     }
-    targets, proprio, raw = [], [], []
+    targets, proprio, raw, holes = [], [], [], []
     for bag in find_bags([Path(b) for b in args.bags]):
         data = BagDataset([bag], progress=False)
         poses, goals = poses_and_goals(bag, np.round(data.stamps * 1e9).astype(np.int64))
@@ -120,6 +148,7 @@ def main() -> None:
         for pose, goal in zip(poses, goals, strict=True):
             yaw = peg_yaw_error(pose[3:], 2.0 * math.atan2(goal[5], goal[6]))
             targets.append([*(pose[:2] - goal[:2]), yaw])
+            holes.append([goal[0], goal[1], 2.0 * math.atan2(goal[5], goal[6])])
         proprio.append(data.proprio)
         raw.append({"images": data.images, "wrench": data.wrench, "proprio": data.proprio, "present": data.present})
     y = np.array(targets)
@@ -142,6 +171,15 @@ def main() -> None:
         rmse = supervised_rmse(arrays, y, split, model.config, args.supervised_steps)
         errors = f"x {1e3 * rmse[0]:5.1f} mm, y {1e3 * rmse[1]:5.1f} mm, yaw {rmse[2]:.3f} rad"
         print(f"{'same network, trained to regress':32s} RMSE:        {errors}")
+    if args.pixel_cnn_steps:
+        images = np.concatenate([part["images"] for part in raw])
+        rmse = pixel_cnn_rmse(images, np.array(holes), split, args.pixel_cnn_steps)
+        hole_std = np.array(holes).std(0)
+        print(
+            f"hole pose from pixels (CNN)      RMSE: x {1e3 * rmse[0]:5.1f} mm, y {1e3 * rmse[1]:5.1f} mm, "
+            f"yaw {rmse[2]:.3f} rad (spread {1e3 * hole_std[0]:.0f} mm, {1e3 * hole_std[1]:.0f} mm, "
+            f"{hole_std[2]:.2f} rad)"
+        )
 
 
 if __name__ == "__main__":
