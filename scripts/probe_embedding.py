@@ -13,12 +13,12 @@ input also that of a 2-layer MLP probe. Not part of the product; run it by hand:
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from msdp_franka_driver.pose import quat_yaw
 from msdp_franka_driver.tasks import peg_yaw_error
 from msdp_perception.checkpoint import load_encoder
 from msdp_perception.dataset import BagDataset, find_bags
@@ -146,9 +146,9 @@ def main() -> None:
                 )
                 features["4x4 grid + F/T + joint"].append(np.hstack([coarse, tokens[:, -2], tokens[:, -1]]))
         for pose, goal in zip(poses, goals, strict=True):
-            yaw = peg_yaw_error(pose[3:], 2.0 * math.atan2(goal[5], goal[6]))
+            yaw = peg_yaw_error(pose[3:], quat_yaw(goal[3:]))
             targets.append([*(pose[:2] - goal[:2]), yaw])
-            holes.append([goal[0], goal[1], 2.0 * math.atan2(goal[5], goal[6])])
+            holes.append([goal[0], goal[1], quat_yaw(goal[3:])])
         proprio.append(data.proprio)
         raw.append({"images": data.images, "wrench": data.wrench, "proprio": data.proprio, "present": data.present})
     y = np.array(targets)

@@ -13,7 +13,6 @@ With the mujoco backend, stamps are simulated time and /clock is published: run 
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass, field
 
@@ -38,7 +37,7 @@ from msdp_franka_driver.env import EnvConfig
 from msdp_franka_driver.fr3_model import BASE_FRAME, CAMERA_FRAME, FT_FRAME, JOINT_NAMES
 from msdp_franka_driver.libfranka_backend import LibfrankaConfig
 from msdp_franka_driver.mujoco_backend import SimConfig
-from msdp_franka_driver.pose import quat_to_matrix
+from msdp_franka_driver.pose import quat_to_matrix, yaw_quat
 from msdp_franka_driver.tasks import TaskConfig
 
 RETURN_TOLERANCE = 0.002  # m: ~/reset on the real arm is done this close to the start pose
@@ -208,7 +207,8 @@ class FrankaDriverNode(Node):
         msg = PoseStamped()
         msg.header.stamp, msg.header.frame_id = self.now_msg(self.backend.snapshot()), BASE_FRAME
         msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in goal[0])
-        msg.pose.orientation.z, msg.pose.orientation.w = math.sin(goal[1] / 2), math.cos(goal[1] / 2)
+        o = msg.pose.orientation
+        o.x, o.y, o.z, o.w = (float(v) for v in yaw_quat(goal[1]))
         self.goal_pub.publish(msg)
 
     def on_recover(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:

@@ -85,6 +85,11 @@ def yaw_quat(yaw: float) -> np.ndarray:
     return np.array([0.0, 0.0, np.sin(0.5 * yaw), np.cos(0.5 * yaw)])
 
 
+def quat_yaw(q: np.ndarray) -> float:
+    """The angle of a rotation about z (quaternion x y z w), the inverse of ``yaw_quat``."""
+    return float(2.0 * np.arctan2(q[2], q[3]))
+
+
 def quat_to_matrix(q: np.ndarray) -> np.ndarray:
     x, y, z, w = q
     return np.array(

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from msdp.config import ConfigError, from_dict, param_range, to_dict
 from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
 from msdp_franka_driver.fr3_model import BASE_FRAME, CAMERA_FRAME, FT_FRAME, JOINT_NAMES
+from msdp_franka_driver.pose import yaw_quat
 from msdp_franka_driver.tasks import TaskConfig
 from msdp_perception.bags import TYPESTORE, BagError, BagWriter
 
@@ -105,7 +106,8 @@ class _Recorder:
         if goal is None:
             return
         (x, y, z), yaw = goal
-        orientation = Quaternion(x=0.0, y=0.0, z=math.sin(yaw / 2), w=math.cos(yaw / 2))
+        qx, qy, qz, qw = (float(v) for v in yaw_quat(yaw))
+        orientation = Quaternion(x=qx, y=qy, z=qz, w=qw)
         pose = Pose(position=Point(x=float(x), y=float(y), z=float(z)), orientation=orientation)
         self.writer.write("/msdp/task_goal", t, PoseStamped(header=_header(t, BASE_FRAME), pose=pose))
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from msdp.config import from_dict
+from msdp_franka_driver.control_law import ImpedanceConfig
 from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
 from msdp_franka_driver.tasks import TaskConfig
 from msdp_policy.policy import Policy, load_policy
@@ -74,7 +75,7 @@ def evaluate_policy(
     config = EnvConfig(task=task_config)
     if perturbations.stiffness is not None:
         impedance = from_dict(
-            type(config.impedance), {**asdict(config.impedance), "translational_stiffness": perturbations.stiffness}
+            ImpedanceConfig, {**asdict(config.impedance), "translational_stiffness": perturbations.stiffness}
         )
         config = replace(config, impedance=impedance)
     env = FrankaTaskEnv(config)

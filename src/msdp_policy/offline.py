@@ -9,13 +9,13 @@ schema as a training run's log, so ``msdp train --rlpd --offline LOG`` and the l
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from msdp_franka_driver.pose import quat_yaw
 from msdp_franka_driver.tasks import TaskConfig, make_task
 from msdp_perception.bags import BagError, BagReader
 from msdp_perception.checkpoint import load_encoder
@@ -92,10 +92,8 @@ def offline_log_from_bags(
                 if np.isnan(poses[following]).any() or np.isnan(goals[i]).any():
                     raise BagError(f"bag {bag}: no tool pose or goal for the sample at {data.stamps[i]:.3f} s")
                 goal = goals[i]
-                goal_yaw = 2.0 * math.atan2(goal[5], goal[6])
-                score = task_code.score_state(
-                    poses[following, :3], poses[following, 3:], task_code.state_from_goal(goal[:3], goal_yaw)
-                )
+                goal_state = task_code.state_from_goal(goal[:3], quat_yaw(goal[3:]))
+                score = task_code.score_state(poses[following, :3], poses[following, 3:], goal_state)
                 action = np.clip(data.actions[i][: task_code.action_dim] / scale, -1.0, 1.0)
                 writer.append({
                     **fields, "episode": np.int64(episode), "action": action.astype(np.float32),

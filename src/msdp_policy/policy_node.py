@@ -36,6 +36,7 @@ from msdp.ros_node import run_node
 from msdp.ros_params import declare_config
 from msdp_franka_driver.control_law import SafetyConfig
 from msdp_franka_driver.fr3_model import BASE_FRAME
+from msdp_franka_driver.pose import quat_yaw, yaw_quat
 from msdp_franka_driver.tasks import TaskConfig, make_task
 from msdp_perception.checkpoint import CheckpointError
 from msdp_perception.collect_node import action_message
@@ -149,7 +150,7 @@ class PolicyNode(Node):
         if any(self.config.goal):
             return  # a configured goal wins
         position, orientation = pose_arrays(msg)
-        self.goal_state = self.task.state_from_goal(position, 2.0 * math.atan2(orientation[2], orientation[3]))
+        self.goal_state = self.task.state_from_goal(position, quat_yaw(orientation))
         self.goal_stamp = stamp_seconds(msg.header)
 
     def on_weights(self, msg: UInt8MultiArray) -> None:
@@ -248,7 +249,8 @@ class PolicyNode(Node):
         msg = PoseStamped()
         msg.header.stamp, msg.header.frame_id = self.get_clock().now().to_msg(), BASE_FRAME
         msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in goal[0])
-        msg.pose.orientation.z, msg.pose.orientation.w = math.sin(goal[1] / 2), math.cos(goal[1] / 2)
+        o = msg.pose.orientation
+        o.x, o.y, o.z, o.w = (float(v) for v in yaw_quat(goal[1]))
         self.marker_pub.publish(MarkerArray(markers=[self.sphere("task_goal", msg, 0.02, (0.1, 0.9, 0.2))]))
 
     @staticmethod
