@@ -2,12 +2,13 @@
 
 import math
 
+import mujoco
 import numpy as np
 import pytest
 
 from msdp_franka_driver.control_law import ImpedanceConfig
 from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
-from msdp_franka_driver.tasks import HOLE_CLEARANCE, HOLE_DEPTH, PEG_SIDE, TaskConfig
+from msdp_franka_driver.tasks import HOLE_CLEARANCE, HOLE_DEPTH, HOLE_XY_RANGE, PEG_SIDE, TaskConfig
 
 
 def make_env(**task) -> FrankaTaskEnv:
@@ -49,6 +50,31 @@ def test_free_tool_at_rest_reads_no_wrench():
     obs, _ = env.reset(seed=0)
     assert obs["wrench"].shape == (4, 6)
     assert np.abs(obs["wrench"]).max() < 0.5
+    env.close()
+
+
+@pytest.mark.parametrize("corner", [(-1, -1), (-1, 1), (1, -1), (1, 1)])
+def test_the_camera_sees_the_whole_hole_at_the_edges_of_its_random_range(corner):
+    """Only the camera knows where the hole is and how it is turned: at every corner of its random range the
+    hole's walls are whole in the 64x64 image and large enough to show their outline (the old, farther view
+    gave them 71-124 pixels; its 1 cm per pixel hid the yaw)."""
+    env = make_env()
+    env.reset(seed=0)
+    model = env.sim.model
+    fixture = model.body("fixture").id
+    yaw = corner[0] * env.config.task.hole_yaw_range
+    model.body_pos[fixture][:2] = np.array([0.5, 0.0]) + HOLE_XY_RANGE * np.array(corner)
+    model.body_quat[fixture] = [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
+    mujoco.mj_forward(model, env.sim.data)
+    renderer = mujoco.Renderer(model, 64, 64)
+    renderer.enable_segmentation_rendering()
+    renderer.update_scene(env.sim.data, "third_person")
+    ids, types = np.moveaxis(renderer.render(), -1, 0)
+    renderer.close()
+    walls = [model.geom(f"hole_wall{index}").id for index in range(3)]
+    rows, cols = np.nonzero(np.isin(ids, walls) & (types == mujoco.mjtObj.mjOBJ_GEOM))
+    assert len(rows) >= 150
+    assert min(rows.min(), cols.min()) >= 4 and max(rows.max(), cols.max()) <= 59
     env.close()
 
 

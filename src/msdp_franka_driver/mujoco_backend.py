@@ -73,7 +73,7 @@ def scene_xml(tool_body: str, objects: str, tool_mass: float, tool_com: tuple[fl
     <light pos="0.6 -0.4 1.6" dir="-0.2 0.3 -1" diffuse="0.6 0.6 0.6" castshadow="false"/>
     <geom name="table" type="plane" size="1.2 1.2 0.05" material="table" class="object"/>
     <body name="workspace_center" pos="0.5 0 0.05"/>
-    <camera name="third_person" pos="1.05 0.48 0.42" mode="targetbody" target="workspace_center" fovy="42"/>
+    <camera name="third_person" pos="0.95 0 0.62" mode="targetbody" target="workspace_center" fovy="32"/>
     <camera name="overview" pos="1.6 0.9 0.9" mode="targetbody" target="workspace_center" fovy="45"/>
     {fr3_model.arm_bodies(tool)}
     {objects}

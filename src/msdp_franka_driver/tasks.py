@@ -22,6 +22,7 @@ PEG_SIDE = 0.0346  # m, equilateral triangle (inradius 10 mm)
 PEG_LENGTH = 0.06
 HOLE_CLEARANCE = 0.003  # m, on the inradius
 HOLE_DEPTH = 0.04
+HOLE_XY_RANGE = 0.08  # m, +- about the nominal hole position (0.5, 0)
 FIXTURE_BASE = 0.02  # m of solid block under the hole: its floor is inside the workspace box
 ROUND_PEG_RADIUS = 0.012
 ROUND_PEG_LENGTH = 0.08
@@ -129,9 +130,10 @@ class PegInsertion(Task):
         walls = []
         for index, angle in enumerate((math.pi, math.pi / 3, -math.pi / 3)):
             # Each wall's inner face is one edge of the hole; the peg's vertex at angle 0 faces the wall at pi.
+            # Walls darker than the floor, so the 64x64 camera shows the hole's outline, and with it its yaw.
             centre = inradius + wall / 2
             walls.append(
-                f'<geom name="hole_wall{index}" type="box" class="object" rgba="0.25 0.45 0.75 1" '
+                f'<geom name="hole_wall{index}" type="box" class="object" rgba="0.1 0.2 0.45 1" '
                 f'size="{wall / 2} {half_length} {HOLE_DEPTH / 2}" euler="0 0 {angle}" '
                 f'pos="{centre * math.cos(angle):.6f} {centre * math.sin(angle):.6f} {HOLE_DEPTH / 2}"/>'
             )
@@ -144,7 +146,7 @@ class PegInsertion(Task):
 
     def randomize(self, sim, rng, config):
         fixture = sim.model.body("fixture").id
-        hole_xy = np.array([0.5, 0.0]) + rng.uniform(-0.08, 0.08, 2)
+        hole_xy = np.array([0.5, 0.0]) + rng.uniform(-HOLE_XY_RANGE, HOLE_XY_RANGE, 2)
         hole_yaw = rng.uniform(-config.hole_yaw_range, config.hole_yaw_range)
         sim.model.body_pos[fixture] = [hole_xy[0], hole_xy[1], FIXTURE_BASE]
         sim.model.body_quat[fixture] = [math.cos(hole_yaw / 2), 0.0, 0.0, math.sin(hole_yaw / 2)]
