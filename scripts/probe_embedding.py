@@ -25,16 +25,28 @@ from msdp_perception.dataset import BagDataset, find_bags
 from msdp_perception.model import MSDPModel
 from msdp_policy.offline import poses_and_goals
 
+NEAR = 0.03  # m: where the last centimetres of alignment happen
 
-def ridge_rmse(train_x, train_y, test_x, test_y, strength: float = 1.0) -> np.ndarray:
+
+def ridge_predict(train_x, train_y, test_x, strength: float = 1.0) -> np.ndarray:
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     a, b = (train_x - mean) / std, (test_x - mean) / std
     a, b = np.hstack([a, np.ones((len(a), 1))]), np.hstack([b, np.ones((len(b), 1))])
     weights = np.linalg.solve(a.T @ a + strength * len(a) * 1e-3 * np.eye(a.shape[1]), a.T @ train_y)
-    return np.sqrt(((b @ weights - test_y) ** 2).mean(0))
+    return b @ weights
 
 
-def mlp_rmse(train_x, train_y, test_x, test_y, epochs: int = 300) -> np.ndarray:
+def errors(predicted: np.ndarray, truth: np.ndarray) -> str:
+    """Held-out RMSE of (x, y, yaw), over all samples and over those with the tip within NEAR of the hole."""
+    near = np.linalg.norm(truth[:, :2], axis=1) < NEAR
+    parts = []
+    for label, rows in (("", slice(None)), (" | near: ", near)):
+        rmse = np.sqrt(((predicted[rows] - truth[rows]) ** 2).mean(0))
+        parts.append(f"{label}x {1e3 * rmse[0]:5.1f} mm, y {1e3 * rmse[1]:5.1f} mm, yaw {rmse[2]:.3f} rad")
+    return "".join(parts)
+
+
+def mlp_predict(train_x, train_y, test_x, epochs: int = 300) -> np.ndarray:
     """The actor's capacity: a 2 x 256 ReLU MLP, full-batch Adam, targets standardised."""
     torch.manual_seed(0)
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
@@ -53,11 +65,10 @@ def mlp_rmse(train_x, train_y, test_x, test_y, epochs: int = 300) -> np.ndarray:
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        predicted = net(b).numpy() * y_std + y_mean
-    return np.sqrt(((predicted - test_y) ** 2).mean(0))
+        return net(b).numpy() * y_std + y_mean
 
 
-def supervised_rmse(data: dict[str, np.ndarray], y: np.ndarray, split: int, config, steps: int) -> np.ndarray:
+def supervised_predict(data: dict[str, np.ndarray], y: np.ndarray, split: int, config, steps: int) -> np.ndarray:
     """The same encoder network from random weights, trained by regression on the pooled vector: what the
     pixels and the architecture allow when the features are learnt for this target (not by reconstruction)."""
     torch.manual_seed(0)
@@ -81,7 +92,7 @@ def supervised_rmse(data: dict[str, np.ndarray], y: np.ndarray, split: int, conf
     with torch.no_grad():
         held_out = np.arange(split, len(y))
         predicted = np.concatenate([predict(held_out[i : i + 256]).numpy() for i in range(0, len(held_out), 256)])
-    return np.sqrt(((predicted * y_std + y_mean - y[split:]) ** 2).mean(0))
+    return predicted * y_std + y_mean
 
 
 def pixel_cnn_rmse(images: np.ndarray, hole: np.ndarray, split: int, steps: int) -> np.ndarray:
@@ -159,18 +170,17 @@ def main() -> None:
     )
     views = {"joint state only (no camera)": np.concatenate(proprio)}
     views.update({name: np.concatenate(parts) for name, parts in features.items()})
+    near = np.linalg.norm(y[split:, :2], axis=1) < NEAR
+    print(f"near: the {near.sum()} held-out samples with the tip within {1e3 * NEAR:.0f} mm of the hole's axis")
     for name, x in views.items():
-        rmse = ridge_rmse(x[:split], y[:split], x[split:], y[split:])
-        print(f"{name:32s} linear RMSE: x {1e3 * rmse[0]:5.1f} mm, y {1e3 * rmse[1]:5.1f} mm, yaw {rmse[2]:.3f} rad")
+        print(f"{name:32s} linear RMSE: {errors(ridge_predict(x[:split], y[:split], x[split:]), y[split:])}")
     x = views["pooled"]
-    rmse = mlp_rmse(x[:split], y[:split], x[split:], y[split:])
-    errors = f"x {1e3 * rmse[0]:5.1f} mm, y {1e3 * rmse[1]:5.1f} mm, yaw {rmse[2]:.3f} rad"
-    print(f"{'pooled (the actor input)':32s} MLP    RMSE: {errors}")
+    predicted = mlp_predict(x[:split], y[:split], x[split:])
+    print(f"{'pooled (the actor input)':32s} MLP    RMSE: {errors(predicted, y[split:])}")
     if args.supervised_steps:
         arrays = {k: np.concatenate([part[k] for part in raw]) for k in raw[0]}
-        rmse = supervised_rmse(arrays, y, split, model.config, args.supervised_steps)
-        errors = f"x {1e3 * rmse[0]:5.1f} mm, y {1e3 * rmse[1]:5.1f} mm, yaw {rmse[2]:.3f} rad"
-        print(f"{'same network, trained to regress':32s} RMSE:        {errors}")
+        predicted = supervised_predict(arrays, y, split, model.config, args.supervised_steps)
+        print(f"{'same network, trained to regress':32s} RMSE:        {errors(predicted, y[split:])}")
     if args.pixel_cnn_steps:
         images = np.concatenate([part["images"] for part in raw])
         rmse = pixel_cnn_rmse(images, np.array(holes), split, args.pixel_cnn_steps)
