@@ -3,8 +3,9 @@
 Peg insertion needs the tip within the hole's clearance (3 mm); the hole's position and yaw are random and
 visible only to the camera. This fits ridge-regression probes from different views of the embedding to the
 true tip-to-hole offset (x, y) and yaw error, on bags that carry /franka/ee_pose and /msdp/task_goal (from
-``msdp collect``), with the last 20 % of samples held out, and prints the held-out error; for the actor's
-input also that of a 2-layer MLP probe. Not part of the product; run it by hand:
+``msdp collect``), with the last 20 % of samples held out, and prints the held-out error, over all of them and
+over those with the tip within 3 cm of the hole; for the actor's input also that of a 2-layer MLP probe.
+Not part of the product; run it by hand:
 
     .venv/bin/msdp collect --out data/peg_probe --samples 6000 --seed 7
     .venv/bin/python scripts/probe_embedding.py --bags data/peg_probe --encoder runs/pretrain_peg_r/encoder.safetensors
