@@ -87,7 +87,7 @@ def test_embeddings_match_the_in_process_encoder_and_a_dead_wrench_is_masked(tmp
                         offline.add_wrench(t, wrench_from_msg(msg))
                     else:
                         offline.add_joint_state(t, proprio_from_joint_state(msg))
-                probe.spin_for(0.2)  # let every sensor message land before time moves on
+                probe.spin_for(0.5)  # let every sensor message land before time moves on (0.2 s flaked under load)
                 clock.publish(Clock(clock=stamp))
                 t = stamp.sec + stamp.nanosec * 1e-9
                 log = tmp_path / "encoder.log"
