@@ -1,10 +1,12 @@
 """The fast in-process loop (msdp train / msdp eval): evaluation rows, checkpoints, resume, variants, errors."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from msdp.cli import main as msdp
 from msdp.config import ConfigError, from_dict
@@ -57,6 +59,19 @@ def test_train_evaluates_checkpoints_and_resumes_where_it_stopped(tmp_path, enco
     assert code == 0 and "over 2 episodes" in out and "image_noise 20.0" in out and "stiffness 1500.0" in out
     assert msdp(["curves", str(run), str(run), "--out", str(tmp_path / "both.png")]) == 0
     assert (tmp_path / "both.png").stat().st_size > 10_000
+
+
+def test_train_command_line_flags_reach_the_run_config(tmp_path, encoder):
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(SMALL))
+    run = tmp_path / "run"
+    args = ["train", "--encoder", str(encoder), "--config", str(config), "--out", str(run), "--steps", "20"]
+    assert msdp([*args, "--layer-norm", "--bridge", "pooling", "--seed", "3"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["steps"] == 20 and saved["seed"] == 3
+    assert saved["agent"]["layer_norm"] and saved["agent"]["bridge"] == "pooling"
+    agent = torch.load(run / "agent.pt", weights_only=True)["agent"]
+    assert any(key.startswith("critic.") and "norm_scales" in key for key in agent)
 
 
 def test_scratch_variant_trains_the_encoder_from_the_critic_loss_and_logs_raw_observations(tmp_path, encoder):

@@ -133,6 +133,8 @@ def _train(args: argparse.Namespace) -> int:
         config["agent"]["bridge"] = args.bridge
     if args.rlpd:
         config["agent"]["rlpd"] = True
+    if args.layer_norm:
+        config["agent"]["layer_norm"] = True
     out = Path(args.out or f"runs/train_{config['env']['task']['name']}_{config['encoder_variant']}_s{config['seed']}")
     summary = train(
         from_dict(TrainConfig, config), Path(args.encoder), out, args.resume, [Path(p) for p in args.offline]
@@ -256,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--bridge", choices=("cross_attention", "pooling", "cls", "concat"))
     tr.add_argument("--threads", type=int, help="torch threads (default: from --config, 1)")
     tr.add_argument("--rlpd", action="store_true", help="RLPD: half of each batch from the --offline logs")
+    tr.add_argument("--layer-norm", action="store_true", help="LayerNorm in the Q-networks (agent.layer_norm)")
     tr.add_argument("--offline", nargs="*", default=[], help="transition logs for RLPD (see msdp offline-log)")
     tr.add_argument("--out", help="run folder (default: runs/train_<task>_<variant>_s<seed>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
