@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -57,8 +58,9 @@ def test_train_evaluates_checkpoints_and_resumes_where_it_stopped(tmp_path, enco
                  "--ft-noise", "1", "--stiffness", "1500"])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0 and "over 2 episodes" in out and "image_noise 20.0" in out and "stiffness 1500.0" in out
-    assert msdp(["curves", str(run), str(run), "--out", str(tmp_path / "both.png")]) == 0
-    assert (tmp_path / "both.png").stat().st_size > 10_000
+    shutil.copytree(run, tmp_path / "other" / "run")  # a second run with the same folder name
+    assert msdp(["curves", str(run), str(tmp_path / "other" / "run"), "--out", str(tmp_path / "both.png")]) == 0
+    assert "2 run(s)" in capsys.readouterr().out and (tmp_path / "both.png").stat().st_size > 10_000
 
 
 def test_train_command_line_flags_reach_the_run_config(tmp_path, encoder):

@@ -179,7 +179,9 @@ def _curves(args: argparse.Namespace) -> int:
     from msdp.metrics import read_rows
     from msdp_policy.training import plot_learning_curves
 
-    runs = {Path(run).name: read_rows(Path(run) / "metrics.csv") for run in args.runs}
+    names = [Path(run).name for run in args.runs]
+    labels = names if len(set(names)) == len(names) else args.runs  # same folder name: label by the path
+    runs = {label: read_rows(Path(run) / "metrics.csv") for label, run in zip(labels, args.runs, strict=True)}
     plot_learning_curves(runs, Path(args.out))
     print(f"curves: {len(runs)} run(s) in {args.out}")
     return 0
