@@ -61,10 +61,8 @@ def test_the_camera_sees_the_whole_hole_at_the_edges_of_its_random_range(corner)
     env = make_env()
     env.reset(seed=0)
     model = env.sim.model
-    fixture = model.body("fixture").id
-    yaw = corner[0] * env.config.task.hole_yaw_range
-    model.body_pos[fixture][:2] = np.array([0.5, 0.0]) + HOLE_XY_RANGE * np.array(corner)
-    model.body_quat[fixture] = [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
+    xy = np.array([0.5, 0.0]) + HOLE_XY_RANGE * np.array(corner)
+    env.task.place_hole(env.sim, xy, corner[0] * env.config.task.hole_yaw_range)
     mujoco.mj_forward(model, env.sim.data)
     renderer = mujoco.Renderer(model, 64, 64)
     renderer.enable_segmentation_rendering()

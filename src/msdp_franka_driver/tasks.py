@@ -144,12 +144,16 @@ class PegInsertion(Task):
         # The body's origin is the centre of the hole's floor; privileged_state reports it as hole_position.
         return f'<body name="fixture" pos="0.5 0 {FIXTURE_BASE}">{base}{"".join(walls)}</body>'
 
-    def randomize(self, sim, rng, config):
+    @staticmethod
+    def place_hole(sim, xy: np.ndarray, yaw: float) -> None:
+        """Moves the fixture: the hole's floor centred at ``xy`` on the base block, turned by ``yaw`` about z."""
         fixture = sim.model.body("fixture").id
+        sim.model.body_pos[fixture] = [xy[0], xy[1], FIXTURE_BASE]
+        sim.model.body_quat[fixture] = [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
+
+    def randomize(self, sim, rng, config):
         hole_xy = np.array([0.5, 0.0]) + rng.uniform(-HOLE_XY_RANGE, HOLE_XY_RANGE, 2)
-        hole_yaw = rng.uniform(-config.hole_yaw_range, config.hole_yaw_range)
-        sim.model.body_pos[fixture] = [hole_xy[0], hole_xy[1], FIXTURE_BASE]
-        sim.model.body_quat[fixture] = [math.cos(hole_yaw / 2), 0.0, 0.0, math.sin(hole_yaw / 2)]
+        self.place_hole(sim, hole_xy, rng.uniform(-config.hole_yaw_range, config.hole_yaw_range))
         for index in range(3):
             sim.model.geom_friction[sim.model.geom(f"hole_wall{index}").id, 0] = 0.8 * config.object_friction_scale
         start = np.array([hole_xy[0], hole_xy[1], FIXTURE_BASE + HOLE_DEPTH]) + np.array(
