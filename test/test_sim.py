@@ -8,7 +8,7 @@ import pytest
 
 from msdp_franka_driver.control_law import ImpedanceConfig
 from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
-from msdp_franka_driver.tasks import HOLE_CLEARANCE, HOLE_DEPTH, HOLE_XY_RANGE, PEG_SIDE, TaskConfig
+from msdp_franka_driver.tasks import HOLE_CHAMFER, HOLE_CLEARANCE, HOLE_DEPTH, HOLE_XY_RANGE, PEG_SIDE, TaskConfig
 
 
 def make_env(**task) -> FrankaTaskEnv:
@@ -45,6 +45,26 @@ def test_pressing_on_the_fixture_reads_stiffness_times_penetration_along_the_too
     env.close()
 
 
+@pytest.mark.parametrize("offset, goes_in", [(0.0, True), (HOLE_CLEARANCE + 0.4 * HOLE_CHAMFER, True), (0.013, False)])
+def test_the_chamfer_guides_a_peg_pushed_down_off_centre_into_the_hole(offset, goes_in):
+    """A peg pushed straight down beside the hole's axis, towards one wall, slides down the lead-in into the
+    hole when its edge lands on the chamfer (the impedance spring gives way sideways); beyond it, it rests on top."""
+    env = make_env(hole_yaw_range=0.0)
+    _, info = env.reset(seed=3)
+    hole = info["hole_position"]
+    top = hole[2] + HOLE_DEPTH
+    beside = hole[:2] + [-offset, 0.0]  # towards the wall at pi, which one face of the peg is parallel to
+    _, down = env.sim.tcp_pose()
+    settle(env, np.array([*beside, top + 0.01]), down, 1.0)
+    settle(env, np.array([*beside, top - env.task.success_depth - 0.01]), down, 2.0)
+    score = env.task.score(env.sim)
+    tip, _ = env.sim.tcp_pose()
+    assert score.success == goes_in
+    if not goes_in:
+        assert tip[2] == pytest.approx(top, abs=2e-3)
+    env.close()
+
+
 def test_free_tool_at_rest_reads_no_wrench():
     env = make_env()
     obs, _ = env.reset(seed=0)
@@ -69,7 +89,7 @@ def test_the_camera_sees_the_whole_hole_at_the_edges_of_its_random_range(corner)
     renderer.update_scene(env.sim.data, "third_person")
     ids, types = np.moveaxis(renderer.render(), -1, 0)
     renderer.close()
-    walls = [model.geom(f"hole_wall{index}").id for index in range(3)]
+    walls = [geom for geom in range(model.ngeom) if model.geom(geom).name.startswith("hole_wall")]
     rows, cols = np.nonzero(np.isin(ids, walls) & (types == mujoco.mjtObj.mjOBJ_GEOM))
     assert len(rows) >= 150
     assert min(rows.min(), cols.min()) >= 4 and max(rows.max(), cols.max()) <= 59

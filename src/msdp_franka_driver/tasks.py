@@ -20,8 +20,9 @@ DOWN = np.array([1.0, 0.0, 0.0, 0.0])  # tool z pointing down, tool x forward (q
 
 PEG_SIDE = 0.0346  # m, equilateral triangle (inradius 10 mm)
 PEG_LENGTH = 0.06
-HOLE_CLEARANCE = 0.003  # m, on the inradius
+HOLE_CLEARANCE = 0.005  # m, on the inradius
 HOLE_DEPTH = 0.04
+HOLE_CHAMFER = 0.005  # m, 45 degree lead-in at the mouth of the hole
 HOLE_XY_RANGE = 0.08  # m, +- about the nominal hole position (0.5, 0)
 FIXTURE_BASE = 0.02  # m of solid block under the hole: its floor is inside the workspace box
 ROUND_PEG_RADIUS = 0.012
@@ -125,24 +126,59 @@ class PegInsertion(Task):
         )
 
     def objects_xml(self) -> str:
-        inradius = PEG_SIDE / (2 * math.sqrt(3)) + HOLE_CLEARANCE
-        wall, half_length = 0.03, 0.06
-        walls = []
-        for index, angle in enumerate((math.pi, math.pi / 3, -math.pi / 3)):
-            # Each wall's inner face is one edge of the hole; the peg's vertex at angle 0 faces the wall at pi.
-            # Walls darker than the floor, so the 64x64 camera shows the hole's outline, and with it its yaw.
-            centre = inradius + wall / 2
-            walls.append(
-                f'<geom name="hole_wall{index}" type="box" class="object" rgba="0.1 0.2 0.45 1" '
-                f'size="{wall / 2} {half_length} {HOLE_DEPTH / 2}" euler="0 0 {angle}" '
-                f'pos="{centre * math.cos(angle):.6f} {centre * math.sin(angle):.6f} {HOLE_DEPTH / 2}"/>'
-            )
+        walls = "".join(
+            self._wall_xml(index, angle) for index, angle in enumerate((math.pi, math.pi / 3, -math.pi / 3))
+        )
         base = (
             f'<geom name="fixture_base" type="box" class="object" rgba="0.25 0.45 0.75 1" '
             f'size="0.07 0.07 {FIXTURE_BASE / 2}" pos="0 0 {-FIXTURE_BASE / 2}"/>'
         )
         # The body's origin is the centre of the hole's floor; privileged_state reports it as hole_position.
-        return f'<body name="fixture" pos="0.5 0 {FIXTURE_BASE}">{base}{"".join(walls)}</body>'
+        return f'<body name="fixture" pos="0.5 0 {FIXTURE_BASE}">{base}{walls}</body>'
+
+    @staticmethod
+    def _wall_xml(index: int, angle: float) -> str:
+        """One side of the hole: a box whose inner face is one edge of the triangle, with a 45 degree chamfer
+        (lead-in) along its top inner edge, built from a lower box, a set-back upper box and a sloped plate.
+
+        The peg's vertex at angle 0 faces the wall at pi. Walls are darker than the floor, so the 64x64 camera
+        shows the hole's outline, and with it its yaw.
+        """
+        inradius = PEG_SIDE / (2 * math.sqrt(3)) + HOLE_CLEARANCE
+        wall, half_length, c = 0.03, 0.06, HOLE_CHAMFER
+        radial = np.array([math.cos(angle), math.sin(angle)])
+
+        def box(name: str, r: float, z: float, half: tuple[float, float, float], tilt: float = 0.0) -> str:
+            x, y = r * radial
+            return (
+                f'<geom name="{name}" type="box" class="object" rgba="0.1 0.2 0.45 1" '
+                f'size="{half[0]:.6f} {half[1]:.6f} {half[2]:.6f}" euler="0 {tilt:.6f} {angle:.6f}" '
+                f'pos="{x:.6f} {y:.6f} {z:.6f}"/>'
+            )
+
+        lower = box(
+            f"hole_wall{index}",
+            inradius + wall / 2,
+            (HOLE_DEPTH - c) / 2,
+            (wall / 2, half_length, (HOLE_DEPTH - c) / 2),
+        )
+        if c == 0.0:
+            return lower
+        upper = box(
+            f"hole_wall{index}_top", inradius + (c + wall) / 2, HOLE_DEPTH - c / 2, ((wall - c) / 2, half_length, c / 2)
+        )
+        # The plate's top face runs from (inradius, depth - c) up to (inradius + c, depth); it sinks into the wall.
+        thickness = c / math.sqrt(2)
+        centre_r = inradius + c / 2 + thickness / 2 / math.sqrt(2)
+        centre_z = HOLE_DEPTH - c / 2 - thickness / 2 / math.sqrt(2)
+        plate = box(
+            f"hole_wall{index}_chamfer",
+            centre_r,
+            centre_z,
+            (c / math.sqrt(2), half_length, thickness / 2),
+            -math.pi / 4,
+        )
+        return lower + upper + plate
 
     @staticmethod
     def place_hole(sim, xy: np.ndarray, yaw: float) -> None:
@@ -154,8 +190,9 @@ class PegInsertion(Task):
     def randomize(self, sim, rng, config):
         hole_xy = np.array([0.5, 0.0]) + rng.uniform(-HOLE_XY_RANGE, HOLE_XY_RANGE, 2)
         self.place_hole(sim, hole_xy, rng.uniform(-config.hole_yaw_range, config.hole_yaw_range))
-        for index in range(3):
-            sim.model.geom_friction[sim.model.geom(f"hole_wall{index}").id, 0] = 0.8 * config.object_friction_scale
+        for geom in range(sim.model.ngeom):
+            if sim.model.geom(geom).name.startswith("hole_wall"):
+                sim.model.geom_friction[geom, 0] = 0.8 * config.object_friction_scale
         start = np.array([hole_xy[0], hole_xy[1], FIXTURE_BASE + HOLE_DEPTH]) + np.array(
             [*rng.uniform(-0.06, 0.06, 2), rng.uniform(0.04, 0.1)]
         )
