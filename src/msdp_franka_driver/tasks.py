@@ -23,6 +23,8 @@ PEG_LENGTH = 0.06
 HOLE_CLEARANCE = 0.005  # m, on the inradius
 HOLE_DEPTH = 0.04
 HOLE_CHAMFER = 0.005  # m, 45 degree lead-in at the mouth of the hole
+# Clearance and lead-in forgive about the 5-8 mm that the 64x64 camera (about 5 mm per pixel) resolves
+# (scripts/insertion_tolerance.py measures it; README "Results").
 HOLE_XY_RANGE = 0.08  # m, +- about the nominal hole position (0.5, 0)
 FIXTURE_BASE = 0.02  # m of solid block under the hole: its floor is inside the workspace box
 ROUND_PEG_RADIUS = 0.012
@@ -111,7 +113,7 @@ def peg_yaw_error(orientation: np.ndarray, hole_yaw: float) -> float:
 
 
 class PegInsertion(Task):
-    """A triangular peg held in the hand goes into a triangular hole whose position and yaw are random."""
+    """A triangular peg held in the hand goes into a chamfered triangular hole whose position and yaw are random."""
 
     name = "peg"
     action_dim = 4
