@@ -89,7 +89,7 @@ def test_the_camera_sees_the_whole_hole_at_the_edges_of_its_random_range(corner)
     renderer.update_scene(env.sim.data, "third_person")
     ids, types = np.moveaxis(renderer.render(), -1, 0)
     renderer.close()
-    walls = [geom for geom in range(model.ngeom) if model.geom(geom).name.startswith("hole_wall")]
+    walls = env.task.wall_geoms(model)
     rows, cols = np.nonzero(np.isin(ids, walls) & (types == mujoco.mjtObj.mjOBJ_GEOM))
     assert len(rows) >= 150
     assert min(rows.min(), cols.min()) >= 4 and max(rows.max(), cols.max()) <= 59

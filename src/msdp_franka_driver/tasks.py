@@ -183,6 +183,11 @@ class PegInsertion(Task):
         return lower + upper + plate
 
     @staticmethod
+    def wall_geoms(model) -> list[int]:
+        """Ids of every geom of the hole's three walls (lower boxes, tops and chamfers)."""
+        return [geom for geom in range(model.ngeom) if model.geom(geom).name.startswith("hole_wall")]
+
+    @staticmethod
     def place_hole(sim, xy: np.ndarray, yaw: float) -> None:
         """Moves the fixture: the hole's floor centred at ``xy`` on the base block, turned by ``yaw`` about z."""
         fixture = sim.model.body("fixture").id
@@ -192,9 +197,7 @@ class PegInsertion(Task):
     def randomize(self, sim, rng, config):
         hole_xy = np.array([0.5, 0.0]) + rng.uniform(-HOLE_XY_RANGE, HOLE_XY_RANGE, 2)
         self.place_hole(sim, hole_xy, rng.uniform(-config.hole_yaw_range, config.hole_yaw_range))
-        for geom in range(sim.model.ngeom):
-            if sim.model.geom(geom).name.startswith("hole_wall"):
-                sim.model.geom_friction[geom, 0] = 0.8 * config.object_friction_scale
+        sim.model.geom_friction[self.wall_geoms(sim.model), 0] = 0.8 * config.object_friction_scale
         start = np.array([hole_xy[0], hole_xy[1], FIXTURE_BASE + HOLE_DEPTH]) + np.array(
             [*rng.uniform(-0.06, 0.06, 2), rng.uniform(0.04, 0.1)]
         )
