@@ -1,14 +1,12 @@
 """The simulated Franka: wrist F/T physics, scripted insertion, determinism, the other tasks, perturbations."""
 
-import math
-
 import mujoco
 import numpy as np
 import pytest
 
 from msdp_franka_driver.control_law import ImpedanceConfig
 from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
-from msdp_franka_driver.tasks import HOLE_CHAMFER, HOLE_CLEARANCE, HOLE_DEPTH, HOLE_XY_RANGE, PEG_SIDE, TaskConfig
+from msdp_franka_driver.tasks import HOLE_CHAMFER, HOLE_CLEARANCE, HOLE_DEPTH, HOLE_XY_RANGE, TaskConfig, hole_inradius
 
 
 def make_env(**task) -> FrankaTaskEnv:
@@ -28,7 +26,7 @@ def test_pressing_on_the_fixture_reads_stiffness_times_penetration_along_the_too
     _, info = env.reset(seed=3)
     hole = info["hole_position"]
     top = hole[2] + HOLE_DEPTH
-    over_wall = hole[:2] + [-(PEG_SIDE / (2 * math.sqrt(3)) + HOLE_CLEARANCE + 0.015), 0.0]
+    over_wall = hole[:2] + [-(hole_inradius() + 0.015), 0.0]
     _, down = env.sim.tcp_pose()
     for z in np.linspace(top + 0.02, top + 0.003, 10):
         settle(env, np.array([*over_wall, z]), down, 0.1)

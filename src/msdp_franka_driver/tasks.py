@@ -107,6 +107,11 @@ class Task:
         raise NotImplementedError(f"task {self.name}: scoring needs object states that a goal pose does not give")
 
 
+def hole_inradius() -> float:
+    """The peg hole's inradius below the lead-in: the peg's plus the clearance (read at call time)."""
+    return PEG_SIDE / (2 * math.sqrt(3)) + HOLE_CLEARANCE
+
+
 def peg_yaw_error(orientation: np.ndarray, hole_yaw: float) -> float:
     """Peg-to-hole yaw error, modulo the triangle's 120 degree symmetry."""
     return _wrap(hole_yaw - _tcp_yaw(orientation), 2 * math.pi / 3)
@@ -146,7 +151,7 @@ class PegInsertion(Task):
         The peg's vertex at angle 0 faces the wall at pi. Walls are darker than the floor, so the 64x64 camera
         shows the hole's outline, and with it its yaw.
         """
-        inradius = PEG_SIDE / (2 * math.sqrt(3)) + HOLE_CLEARANCE
+        inradius = hole_inradius()
         wall, half_length, c = 0.03, 0.06, HOLE_CHAMFER
         radial = np.array([math.cos(angle), math.sin(angle)])
 
@@ -224,7 +229,7 @@ class PegInsertion(Task):
         goal = hole + np.array([0.0, 0.0, HOLE_DEPTH - self.success_depth - 0.005])
         lateral = float(np.linalg.norm(tip[:2] - hole[:2]))
         depth = hole[2] + HOLE_DEPTH - tip[2]
-        success = depth >= self.success_depth and lateral < PEG_SIDE / (2 * math.sqrt(3)) + HOLE_CLEARANCE
+        success = depth >= self.success_depth and lateral < hole_inradius()
         yaw_error = peg_yaw_error(orientation, float(state["hole_yaw"]))
         reward = -float(np.linalg.norm(tip - goal)) - 0.05 * abs(yaw_error)
         return Score(reward, bool(success), False)
