@@ -63,6 +63,28 @@ def test_the_chamfer_guides_a_peg_pushed_down_off_centre_into_the_hole(offset, g
     env.close()
 
 
+@pytest.mark.parametrize("friction_scale, slides", [(1.0, False), (0.5, True)])
+def test_the_friction_scale_decides_whether_a_peg_pressed_onto_the_wall_top_slides(friction_scale, slides):
+    """Pressed down onto a wall top (action z -0.5: about 20 N) and pushed towards the hole (x 0.35: about 14 N),
+    the peg sticks at the nominal friction 0.8 and slides in at half of it. The walls' contact priority makes
+    their scaled friction, not the peg's own, the contact's."""
+    env = make_env(hole_yaw_range=0.0, object_friction_scale=friction_scale)
+    _, info = env.reset(seed=3)
+    hole = info["hole_position"]
+    top = hole[2] + HOLE_DEPTH
+    _, down = env.sim.tcp_pose()
+    on_wall = hole[:2] + [-0.022, 0.0]
+    settle(env, np.array([*on_wall, top + 0.01]), down, 1.0)
+    settle(env, np.array([*on_wall, top - 0.01]), down, 1.0)
+    start, _ = env.sim.tcp_pose()
+    for _ in range(10):
+        env.step(np.array([0.35, 0.0, -0.5, 0.0]))
+    tip, _ = env.sim.tcp_pose()
+    assert (tip[0] - start[0] > 0.01) == slides
+    assert env.task.score(env.sim).success == slides
+    env.close()
+
+
 def test_free_tool_at_rest_reads_no_wrench():
     env = make_env()
     obs, _ = env.reset(seed=0)

@@ -149,7 +149,8 @@ class PegInsertion(Task):
         (lead-in) along its top inner edge, built from a lower box, a set-back upper box and a sloped plate.
 
         The peg's vertex at angle 0 faces the wall at pi. Walls are darker than the floor, so the 64x64 camera
-        shows the hole's outline, and with it its yaw.
+        shows the hole's outline, and with it its yaw. They have contact priority: MuJoCo otherwise mixes two
+        geoms' friction by taking the larger, so the peg's own 0.8 would hide a lower ``object_friction_scale``.
         """
         inradius = hole_inradius()
         wall, half_length, c = 0.03, 0.06, HOLE_CHAMFER
@@ -158,7 +159,7 @@ class PegInsertion(Task):
         def box(name: str, r: float, z: float, half: tuple[float, float, float], tilt: float = 0.0) -> str:
             x, y = r * radial
             return (
-                f'<geom name="{name}" type="box" class="object" rgba="0.1 0.2 0.45 1" '
+                f'<geom name="{name}" type="box" class="object" priority="1" rgba="0.1 0.2 0.45 1" '
                 f'size="{half[0]:.6f} {half[1]:.6f} {half[2]:.6f}" euler="0 {tilt:.6f} {angle:.6f}" '
                 f'pos="{x:.6f} {y:.6f} {z:.6f}"/>'
             )
@@ -278,7 +279,8 @@ class PushCube(Task):
         h = self.cube_half
         return (
             f'<body name="cube" pos="0.5 0 {h}"><freejoint name="cube_joint"/>'
-            f'<geom name="cube" type="box" size="{h} {h} {h}" class="object" mass="0.3" rgba="0.8 0.15 0.15 1"/></body>'
+            f'<geom name="cube" type="box" size="{h} {h} {h}" class="object" priority="1" mass="0.3" '
+            'rgba="0.8 0.15 0.15 1"/></body>'
             '<body name="goal" pos="0.6 0 0.001"><geom type="cylinder" size="0.03 0.001" contype="0" '
             'conaffinity="0" rgba="0.1 0.8 0.2 0.6"/></body>'
         )
