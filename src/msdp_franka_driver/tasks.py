@@ -261,7 +261,10 @@ class PegInsertion(Task):
 
 
 class PushCube(Task):
-    """A held round peg pushes a cube, whose mass and centre of mass are random, to a goal on the table."""
+    """A held round peg pushes a cube, whose mass and centre of mass are random, to a goal on the table.
+
+    The cube has contact priority, so its random friction, not the larger one of the table, is the contact's.
+    """
 
     name = "push_cube"
     tool_com = (0.0, 0.0, ROUND_PEG_LENGTH / 2)
