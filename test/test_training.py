@@ -41,6 +41,9 @@ def test_train_evaluates_checkpoints_and_resumes_where_it_stopped(tmp_path, enco
     assert summary["env_steps"] == 40
     assert [int(r["env_steps"]) for r in rows(run)] == [0, 20, 40]
     assert (run / "curves.png").stat().st_size > 0 and (run / "agent.pt").exists()
+    kept = sorted(p.name for p in (run / "checkpoints").glob("*.safetensors"))
+    assert kept == ["policy_0000000.safetensors", "policy_0000020.safetensors", "policy_0000040.safetensors"]
+    assert load_policy(run / "checkpoints" / kept[1]).info.training["env_steps"] == 20
     log = TransitionReader(run / "transitions").arrays
     assert int((~log["final"]).sum()) == 40 and log["final"].sum() == 5  # 8-step episodes
 

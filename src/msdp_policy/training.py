@@ -3,8 +3,9 @@
 ``train`` runs SAC (or RLPD) on the simulated task with the same agent, replay and transition log the ROS
 nodes use. Every ``eval_every`` environment steps it runs ``eval_episodes`` deterministic episodes on a fixed
 set of seeds, appends a row to ``metrics.csv``, redraws ``curves.png`` and writes two checkpoints:
-``policy.safetensors`` (what ``msdp eval`` and the policy node load) and ``agent.pt`` (everything ``--resume``
-needs: networks, optimisers, counters; the replay is the transition log itself, in ``transitions/``).
+``policy.safetensors`` (what ``msdp eval`` and the policy node load; a copy per evaluation goes to
+``checkpoints/policy_<steps>.safetensors``) and ``agent.pt`` (everything ``--resume`` needs: networks,
+optimisers, counters; the replay is the transition log itself, in ``transitions/``).
 """
 
 from __future__ import annotations
@@ -98,7 +99,12 @@ class Trainer:
         return self.learner.env_steps()
 
     def save(self) -> None:
-        save_policy(self.out_dir / "policy", self.agent.actor, self.agent.encoder, self.info())
+        """The latest policy, a copy of it per evaluation (to evaluate any point of the curve on more episodes
+        later) and everything ``--resume`` needs."""
+        info = self.info()
+        save_policy(self.out_dir / "policy", self.agent.actor, self.agent.encoder, info)
+        kept = self.out_dir / "checkpoints" / f"policy_{self.env_steps:07d}"
+        save_policy(kept, self.agent.actor, self.agent.encoder, info)
         self.learner.save(self.out_dir / "agent.pt", {"elapsed_s": self.elapsed()})
         (self.out_dir / "config.json").write_text(json.dumps(to_dict(self.config), indent=2))
 
