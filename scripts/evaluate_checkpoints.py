@@ -3,7 +3,8 @@
 ``msdp train`` evaluates on ``eval_episodes`` (20) seeds as it goes, which is noisy (+-10 points) and only
 deterministic; it keeps each evaluated policy in ``RUN/checkpoints/``. This evaluates each of them on
 ``--episodes`` fixed seeds with the mean action and with sampled actions, prints a table, and writes
-``RUN/checkpoint_eval.csv`` and ``RUN/checkpoint_eval.png`` (beside the run's own curve):
+``RUN/checkpoint_eval.csv`` and ``RUN/checkpoint_eval.png`` (beside the run's own curve). Not part of the
+product:
 
     .venv/bin/python scripts/evaluate_checkpoints.py runs/train_peg_msdp_frozen_ln_s0 --episodes 50
 """
@@ -26,13 +27,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def evaluate_run(run: Path, episodes: int) -> list[dict[str, float]]:
+    """One row per checkpoint; rows already in ``checkpoint_eval.csv`` with as many episodes are kept, so a
+    run in progress can be followed by calling this again."""
     checkpoints = sorted((run / "checkpoints").glob("policy_*.safetensors"))
     if not checkpoints:
         raise SystemExit(f"{run / 'checkpoints'}: no policy_<steps>.safetensors (made by msdp train)")
+    done = {}
+    if (run / "checkpoint_eval.csv").exists():
+        done = {int(r["env_steps"]): r for r in read_rows(run / "checkpoint_eval.csv") if r["episodes"] == episodes}
     rows = []
     for path in tqdm(checkpoints, desc="checkpoints", unit="ckpt"):
         steps = int(load_policy(path).info.training["env_steps"])
-        row: dict[str, float] = {"env_steps": steps}
+        if steps in done:
+            rows.append(done[steps])
+            continue
+        row: dict[str, float] = {"env_steps": steps, "episodes": episodes}
         for mode, deterministic in (("mean", True), ("sampled", False)):
             torch.manual_seed(0)  # the sampled actions too are the same on every run of this script
             result = evaluate_policy(path, episodes, deterministic=deterministic)
