@@ -68,7 +68,7 @@ def test_step_of_5_cm_converges_without_abort(arm: LibfrankaArm) -> None:
     assert np.linalg.norm(orientation_error(start.orientation, end.orientation)) < 0.02
     assert stats.aborts == 0, stats.last_error
     assert arm.phase() == "running"
-    assert stats.cycles > 1500
+    assert stats.cycles > 1000  # the loop ran through the 2 s stream; its rate is bench/'s, not a test's
 
 
 @pytest.mark.franka_sim
