@@ -3,8 +3,8 @@
 ``msdp train`` evaluates on ``eval_episodes`` (20) seeds as it goes, which is noisy (+-10 points) and only
 deterministic; it keeps each evaluated policy in ``RUN/checkpoints/``. This evaluates each of them on
 ``--episodes`` fixed seeds with the mean action and with sampled actions, prints a table, and writes
-``RUN/checkpoint_eval.csv`` and ``RUN/checkpoint_eval.png`` (beside the run's own curve). Not part of the
-product:
+``RUN/checkpoint_eval.csv`` and ``RUN/checkpoint_eval.png`` (beside the run's own curve). A diagnostic, not
+part of the product:
 
     .venv/bin/python scripts/evaluate_checkpoints.py runs/train_peg_msdp_frozen_ln_s0 --episodes 50
 """
@@ -20,7 +20,6 @@ from tqdm import tqdm
 
 from msdp.metrics import read_rows, write_rows
 from msdp_policy.evaluation import evaluate_policy
-from msdp_policy.policy import load_policy
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -37,7 +36,7 @@ def evaluate_run(run: Path, episodes: int) -> list[dict[str, float]]:
         done = {int(r["env_steps"]): r for r in read_rows(run / "checkpoint_eval.csv") if r["episodes"] == episodes}
     rows = []
     for path in tqdm(checkpoints, desc="checkpoints", unit="ckpt"):
-        steps = int(load_policy(path).info.training["env_steps"])
+        steps = int(path.stem.removeprefix("policy_"))
         if steps in done:
             rows.append(done[steps])
             continue
