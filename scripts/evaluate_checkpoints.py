@@ -42,7 +42,6 @@ def evaluate_run(run: Path, episodes: int) -> list[dict[str, float]]:
             continue
         row: dict[str, float] = {"env_steps": steps, "episodes": episodes}
         for mode, deterministic in (("mean", True), ("sampled", False)):
-            torch.manual_seed(0)  # the sampled actions too are the same on every run of this script
             result = evaluate_policy(path, episodes, deterministic=deterministic)
             row[f"success_{mode}"], row[f"return_{mode}"] = result["success_rate"], result["return"]
         rows.append(row)

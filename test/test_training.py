@@ -13,6 +13,7 @@ from msdp.cli import main as msdp
 from msdp.config import ConfigError, from_dict
 from msdp_perception.checkpoint import save_encoder
 from msdp_perception.model import MSDPConfig, MSDPModel
+from msdp_policy.evaluation import evaluate_policy
 from msdp_policy.policy import load_policy
 from msdp_policy.training import TrainConfig, Trainer, train
 from msdp_policy.transition_log import TransitionReader
@@ -55,6 +56,8 @@ def test_train_evaluates_checkpoints_and_resumes_where_it_stopped(tmp_path, enco
     assert [int(r["env_steps"]) for r in table] == [0, 20, 40, 60]
     assert int(table[-1]["critic_updates"]) == 2 * (60 - 10 + 1)  # the ratio held across the restart
 
+    sampled = [evaluate_policy(run / "policy.safetensors", 2, deterministic=False)["return"] for _ in range(2)]
+    assert sampled[0] == sampled[1]  # msdp eval --stochastic repeats
     policy = load_policy(run / "policy.safetensors")
     assert policy.info.training["env_steps"] == 60 and policy.info.task["max_episode_steps"] == 8
     code = msdp(["eval", "--policy", str(run / "policy.safetensors"), "--episodes", "2", "--image-noise", "20",

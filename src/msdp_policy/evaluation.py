@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from msdp.config import from_dict
 from msdp_franka_driver.control_law import ImpedanceConfig
@@ -79,6 +80,7 @@ def evaluate_policy(
         )
         config = replace(config, impedance=impedance)
     env = FrankaTaskEnv(config)
+    torch.manual_seed(EVAL_SEED_BASE)  # sampled actions, too, are the same from one call to the next
     try:
         result = evaluate(policy, env, episodes, deterministic)
     finally:
