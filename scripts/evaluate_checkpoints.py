@@ -53,7 +53,7 @@ def plot(run: Path, rows: list[dict[str, float]], episodes: int, path: Path) -> 
     if (run / "metrics.csv").exists():
         own = read_rows(run / "metrics.csv")
         ax.plot([r["env_steps"] / 1000 for r in own], [100 * r["success_rate"] for r in own], color="0.7",
-                marker="o", markersize=3, label="training-time evaluation (mean action)")  # fmt: skip
+                marker="o", markersize=3, label="the run's own evaluations (mean action)")  # fmt: skip
     steps = [r["env_steps"] / 1000 for r in rows]
     for mode in ("mean", "sampled"):
         success = [100 * r[f"success_{mode}"] for r in rows]
