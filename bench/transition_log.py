@@ -85,8 +85,10 @@ def main() -> None:
     size = SCHEMA.record_size
     print(f"record ({VARIANT}): {size / 1e3:.1f} kB: {', '.join(SCHEMA.fields)}")
     print(f"buffered appends per s: {args.appends / buffered_s:.0f}  (durable: {args.appends / durable_s:.0f})")
-    print(f"after SIGKILL: {recovered} transitions recovered, {dropped} torn bytes dropped, writer open "
-          f"{1e3 * recovery_s:.0f} ms, reader load {1e3 * read_s:.0f} ms ({len(reader)} transitions)")
+    print(
+        f"after SIGKILL: {recovered} transitions recovered, {dropped} torn bytes dropped, writer open "
+        f"{1e3 * recovery_s:.0f} ms, reader load {1e3 * read_s:.0f} ms ({len(reader)} transitions)"
+    )
     print(f"log_appends_per_s: {args.appends / durable_s:.0f}")
 
 
