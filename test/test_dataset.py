@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from msdp.cli import main as msdp
 from msdp.config import ConfigError
 from msdp_franka_driver.env import FrankaTaskEnv
 from msdp_franka_driver.fr3_model import JOINT_NAMES
@@ -258,3 +259,19 @@ def test_collect_policies_and_bad_settings(tmp_path):
     assert np.all(np.abs(data.actions[:5]) <= np.float32([0.02, 0.02, 0.02, 0.1]))  # in range, clipped
     with pytest.raises(BagError, match="bag_000 exist already"):
         collect_to_bags(tmp_path / "d", config, progress=False)
+
+
+def test_collect_records_the_pixel_noise_it_is_asked_for(tmp_path, capsys):
+    """``msdp collect --image-noise`` (an encoder pretrained on noisy images) changes the images and nothing else."""
+    data = {}
+    for noise in (0, 10):
+        out = tmp_path / f"noise_{noise}"
+        assert msdp(["collect", "--out", str(out), "--samples", "8", "--image-noise", str(noise)]) == 0
+        data[noise] = BagDataset(sorted(out.iterdir()), progress=False)
+    clean, noisy = data[0], data[10]
+    np.testing.assert_array_equal(noisy.proprio, clean.proprio)
+    np.testing.assert_array_equal(noisy.actions, clean.actions)
+    difference = noisy.images.astype(float) - clean.images.astype(float)
+    assert 8.0 < difference.std() < 11.0  # std 10, a little less where clipped at 0 and 255
+    assert msdp(["collect", "--out", str(tmp_path / "bad"), "--samples", "8", "--image-noise", "-1"]) == 2
+    assert "parameter 'task.image_noise_std': -1.0 is outside the allowed range" in capsys.readouterr().err

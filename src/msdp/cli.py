@@ -67,7 +67,12 @@ def _collect(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out} is not empty; collection writes new bag folders")
     config = from_dict(
         CollectConfig,
-        {"samples": args.samples, "policy": args.policy, "seed": args.seed, "task": {"name": args.task}},
+        {
+            "samples": args.samples,
+            "policy": args.policy,
+            "seed": args.seed,
+            "task": {"name": args.task, "image_noise_std": args.image_noise},
+        },
     )
     bags = collect_to_bags(out, config)
     print(f"collect: {config.samples} samples of {config.policy} actions on {args.task} in {len(bags)} bag(s) in {out}")
@@ -227,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     fast.add_argument("--policy", default="random", choices=("random", "scripted_noise"))
     fast.add_argument("--task", default="peg", choices=("peg", "push_cube", "close_drawer"))
     fast.add_argument("--seed", type=int, default=0)
+    fast.add_argument("--image-noise", type=float, default=0.0, help="Gaussian pixel noise std (0-255 scale)")
     fast.set_defaults(func=_collect)
 
     pre = sub.add_parser("pretrain", help="pretrain the MSDP encoder from rosbags (MCAP or sqlite3)")
