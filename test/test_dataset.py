@@ -262,7 +262,7 @@ def test_collect_policies_and_bad_settings(tmp_path):
 
 
 def test_collect_records_the_pixel_noise_it_is_asked_for(tmp_path, capsys):
-    """``msdp collect --image-noise`` (data for an encoder robust to pixel noise) changes the images and nothing else."""
+    """``msdp collect --image-noise`` (data for a noise-robust encoder) changes the images and nothing else."""
     data = {}
     for noise in (0, 10):
         out = tmp_path / f"noise_{noise}"
