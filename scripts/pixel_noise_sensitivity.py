@@ -53,7 +53,7 @@ def main() -> None:
     policy = load_policy(args.policy)
     observations = visited_observations(policy, args.episodes, args.steps)
     clean = [policy.encode(o) for o in observations]
-    n_vision = clean[0].tokens.shape[1] - 2
+    n_vision = policy.encoder.config.vision_tokens
     spread = torch.cat([e.pooled for e in clean]).std(0).mean().item()
     print(f"{len(observations)} states; spread of the clean pooled embedding (std per dimension): {spread:.3f}")
     for std in args.noise:
