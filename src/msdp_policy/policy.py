@@ -19,6 +19,7 @@ from msdp.config import ConfigError, from_dict, to_dict
 from msdp_perception.checkpoint import (
     CheckpointError,
     checkpoint_paths,
+    first_line,
     load_encoder,
     load_sidecar,
     load_weights,
@@ -115,12 +116,10 @@ def load_policy(path: str | Path, encoder_checkpoint: str | Path | None = None) 
             action_dim=int(sidecar["action_dim"]),
             training=sidecar.get("training", {}),
         )
-    except (ConfigError, KeyError) as exc:
-        raise CheckpointError(f"{meta}: bad policy sidecar ({exc})") from exc
-    if info.encoder_variant == "scratch":
-        encoder = MSDPModel(from_dict(MSDPConfig, sidecar["encoder_config"]))
-    else:
-        encoder, _ = load_encoder(info.encoder_checkpoint)
+        scratch = from_dict(MSDPConfig, sidecar["encoder_config"]) if info.encoder_variant == "scratch" else None
+    except (KeyError, TypeError, ValueError) as exc:  # ValueError includes ConfigError
+        raise CheckpointError(f"{meta}: bad policy sidecar ({first_line(exc)})") from exc
+    encoder = MSDPModel(scratch) if scratch is not None else load_encoder(info.encoder_checkpoint)[0]
     actor = Actor(info.agent, encoder.config.width, info.action_dim)
     weights = PolicyWeights(actor, encoder if info.encoder_variant == "scratch" else None)
     load_weights(path, weights)
