@@ -88,6 +88,7 @@ def test_weights_of_another_dtype_are_refused_not_converted(tmp_path):
     ("content", "expected"),
     [(b"\xff\xfe{not text", "expected a UTF-8 JSON sidecar"), (b"{truncated", "expected a UTF-8 JSON sidecar"),
      (b"[1, 2]", "expected a JSON object, found list")],
+    ids=["not-utf8", "truncated-json", "not-an-object"],
 )  # fmt: skip
 def test_an_unreadable_sidecar_is_refused_naming_the_file(tmp_path, content, expected):
     save_encoder(tmp_path / "encoder", MSDPModel(ENCODER))
@@ -204,6 +205,7 @@ def state_with(change: str) -> dict[str, torch.Tensor]:
      ("missing", r"tensor names do not match \(missing net\.6\.bias; unexpected none\)"),
      ("shape", r"shapes do not match, net\.0\.weight is float32\[16, 9\], expected float32\[16, 8\]"),
      ("dtype", r"dtypes do not match, net\.0\.bias is float16\[16\], expected float32\[16\]")],
+    ids=["nan", "missing", "shape", "dtype"],
 )  # fmt: skip
 def test_the_weights_gate_refuses_weights_the_actor_cannot_act_with(change, reason):
     gate = ActorWeightsGate(Actor(AGENT, 8, ACTIONS))
