@@ -14,7 +14,7 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from msdp_perception.collect import CollectConfig, collect_to_bags  # noqa: E402
+from msdp_franka_driver.sim.collect import CollectConfig, collect_to_bags  # noqa: E402
 from msdp_perception.dataset import BagDataset  # noqa: E402
 
 

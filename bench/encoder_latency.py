@@ -15,7 +15,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from msdp_franka_driver.env import FrankaTaskEnv  # noqa: E402
+from msdp_franka_driver.sim.env import FrankaTaskEnv  # noqa: E402
 from msdp_perception.encoder import FrozenEncoder, pack_embedding  # noqa: E402
 from msdp_perception.model import MSDPModel  # noqa: E402
 from msdp_perception.observation import SensorSynchronizer  # noqa: E402

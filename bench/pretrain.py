@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from msdp.config import from_dict  # noqa: E402
-from msdp_perception.collect import CollectConfig, collect_to_bags  # noqa: E402
+from msdp_franka_driver.sim.collect import CollectConfig, collect_to_bags  # noqa: E402
 from msdp_perception.dataset import BagDataset  # noqa: E402
 from msdp_perception.model import MSDPConfig, MSDPModel  # noqa: E402
 from msdp_perception.pretrain import SampleSource, fit_normalizer  # noqa: E402

@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from msdp_franka_driver.env import FrankaTaskEnv  # noqa: E402
+from msdp_franka_driver.sim.env import FrankaTaskEnv  # noqa: E402
 
 
 def main() -> None:

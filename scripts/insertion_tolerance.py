@@ -17,8 +17,10 @@ import math
 
 import numpy as np
 
-from msdp_franka_driver import tasks
-from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
+from msdp_franka_driver.sim import scenes
+from msdp_franka_driver.sim.config import EnvConfig
+from msdp_franka_driver.sim.env import FrankaTaskEnv
+from msdp_policy import tasks
 
 DIRECTIONS = 6
 
@@ -46,11 +48,11 @@ def pushed_in(env: FrankaTaskEnv, seed: int, offset: np.ndarray, yaw: float) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clearance", type=float, default=tasks.HOLE_CLEARANCE, help="m, on the inradius")
-    parser.add_argument("--chamfer", type=float, default=tasks.HOLE_CHAMFER, help="m, 45 degree lead-in")
+    parser.add_argument("--chamfer", type=float, default=scenes.HOLE_CHAMFER, help="m, 45 degree lead-in")
     parser.add_argument("--offsets-mm", default="0,3,5,7,9")
     parser.add_argument("--yaws", default="0,0.1")
     args = parser.parse_args()
-    tasks.HOLE_CLEARANCE, tasks.HOLE_CHAMFER = args.clearance, args.chamfer  # read when the scene is built
+    tasks.HOLE_CLEARANCE, scenes.HOLE_CHAMFER = args.clearance, args.chamfer  # read when the scene is built
     env = FrankaTaskEnv(EnvConfig(task=tasks.TaskConfig(hole_yaw_range=0.0)))
     offsets = [float(v) for v in args.offsets_mm.split(",")]
     print(f"clearance {1e3 * args.clearance:.0f} mm, chamfer {1e3 * args.chamfer:.0f} mm: "

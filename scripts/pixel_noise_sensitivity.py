@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from msdp.config import from_dict
-from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
-from msdp_franka_driver.tasks import TaskConfig
+from msdp_franka_driver.sim.config import EnvConfig
+from msdp_franka_driver.sim.env import FrankaTaskEnv
 from msdp_policy.evaluation import EVAL_SEED_BASE
 from msdp_policy.policy import Policy, load_policy
+from msdp_policy.tasks import TaskConfig
 
 
 def visited_observations(policy: Policy, episodes: int, steps: int) -> list[dict[str, np.ndarray]]:

@@ -20,10 +20,11 @@ import torch
 
 from msdp.config import from_dict
 from msdp.metrics import write_rows
-from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
-from msdp_franka_driver.tasks import TaskConfig, peg_yaw_error
+from msdp_franka_driver.sim.config import EnvConfig
+from msdp_franka_driver.sim.env import FrankaTaskEnv
 from msdp_policy.agent import AgentConfig, SACAgent
 from msdp_policy.evaluation import EVAL_SEED_BASE
+from msdp_policy.tasks import TaskConfig, peg_yaw_error
 from msdp_policy.training import plot_learning_curves
 
 

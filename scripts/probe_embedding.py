@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from msdp_franka_driver.pose import quat_yaw
-from msdp_franka_driver.tasks import peg_yaw_error
 from msdp_perception.checkpoint import load_encoder
 from msdp_perception.dataset import BagDataset, find_bags
 from msdp_perception.model import MSDPModel
 from msdp_policy.offline import poses_and_goals
+from msdp_policy.tasks import peg_yaw_error
 
 NEAR = 0.03  # m: where the last centimetres of alignment happen
 

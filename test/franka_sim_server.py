@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from msdp_franka_driver.fr3_model import standalone_arm_mjcf
+from msdp_franka_driver.sim.fr3_model import standalone_arm_mjcf
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv-franka-sim"

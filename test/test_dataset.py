@@ -10,14 +10,15 @@ import pytest
 
 from msdp.cli import main as msdp
 from msdp.config import ConfigError
-from msdp_franka_driver.env import FrankaTaskEnv
-from msdp_franka_driver.fr3_model import JOINT_NAMES
-from msdp_franka_driver.tasks import TaskConfig
-from msdp_perception import collect, dataset
+from msdp.vocabulary import JOINT_NAMES
+from msdp_franka_driver.sim import collect
+from msdp_franka_driver.sim.collect import CollectConfig, collect_to_bags
+from msdp_franka_driver.sim.env import FrankaTaskEnv
+from msdp_perception import dataset
 from msdp_perception.bags import TYPESTORE, BagError, BagWriter, open_bag
-from msdp_perception.collect import CollectConfig, collect_to_bags
 from msdp_perception.dataset import BagDataset, BagTopics
 from msdp_perception.observation import SyncConfig
+from msdp_policy.tasks import TaskConfig
 
 T = TYPESTORE.types
 MS = 1_000_000  # ns

@@ -13,14 +13,15 @@ from rclpy.serialization import deserialize_message
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 
-from msdp_franka_driver.tasks import TaskConfig
+from msdp.vocabulary import stamp_seconds, wrench_array
+from msdp_franka_driver.sim.collect import CollectConfig, collect_to_bags
 from msdp_perception.bags import TYPESTORE, open_bag
 from msdp_perception.checkpoint import save_encoder
-from msdp_perception.collect import CollectConfig, collect_to_bags
 from msdp_perception.encoder import FrozenEncoder, pack_embedding
-from msdp_perception.messages import image_from_msg, proprio_from_joint_state, stamp_seconds, wrench_from_msg
+from msdp_perception.messages import image_from_msg, proprio_from_joint_state
 from msdp_perception.model import MSDPConfig, MSDPModel
 from msdp_perception.observation import SensorSynchronizer
+from msdp_policy.tasks import TaskConfig
 from ros_harness import Probe, node_process
 
 pytestmark = pytest.mark.ros
@@ -84,7 +85,7 @@ def test_embeddings_match_the_in_process_encoder_and_a_dead_wrench_is_masked(tmp
                     if topic == "/camera/image_raw":
                         offline.add_image(t, image_from_msg(msg, 64))
                     elif topic == "/ft_sensor/wrench":
-                        offline.add_wrench(t, wrench_from_msg(msg))
+                        offline.add_wrench(t, wrench_array(msg))
                     else:
                         offline.add_joint_state(t, proprio_from_joint_state(msg))
                 probe.spin_for(0.5)  # let every sensor message land before time moves on (0.2 s flaked under load)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from msdp.cli import build_parser
-from msdp.ros_params import load_params_file
+from msdp.node import load_params_file
 from msdp_franka_driver.driver_node import DriverConfig
 
 ROOT = Path(__file__).resolve().parents[1]

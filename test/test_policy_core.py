@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from msdp_franka_driver.tasks import HOLE_DEPTH, PegInsertion, TaskConfig
 from msdp_perception.encoder import EncodedObservation, pack_embedding
 from msdp_perception.model import MSDPConfig
 from msdp_policy.agent import Actor, AgentConfig, SACAgent
 from msdp_policy.learner import Learner, actor_from_bytes, actor_to_bytes
 from msdp_policy.online import OnlineEpisodes
 from msdp_policy.replay import Replay, to_bfloat16_bits, transition_schema
+from msdp_policy.tasks import HOLE_DEPTH, PegInsertion, TaskConfig
 from msdp_policy.transition_log import TransitionReader, TransitionWriter
 
 MODEL = MSDPConfig(width=8)

@@ -19,10 +19,10 @@ from geometry_msgs.msg import TwistStamped
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool, Float32, UInt8MultiArray
 
-from msdp_franka_driver.tasks import TaskConfig
 from msdp_perception.checkpoint import save_encoder
 from msdp_perception.model import MSDPConfig, MSDPModel
 from msdp_policy.policy import load_policy
+from msdp_policy.tasks import TaskConfig
 from msdp_policy.transition_log import TransitionReader
 from ros_harness import Probe, node_process
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from msdp.config import ConfigError, from_dict, load_yaml
-from msdp.ros_params import load_params_file
-from msdp_perception.collect import CollectConfig, collect_to_bags
+from msdp.node import load_params_file
+from msdp_franka_driver.sim.collect import CollectConfig, collect_to_bags
 from msdp_perception.dataset import BagDataset, find_bags
 from msdp_perception.encoder import FrozenEncoder
 from msdp_perception.encoder_node import EncoderNodeConfig

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from geometry_msgs.msg import TwistStamped
 
-from msdp.ros_params import load_params_file
+from msdp.node import load_params_file
+from msdp.vocabulary import stamp_nanoseconds
 from msdp_perception.bags import BagReader, bag_topics, open_bag, recover_bag
 from msdp_perception.dataset import BagDataset
-from msdp_perception.messages import stamp_nanoseconds
 from msdp_perception.recorder_node import RecorderConfig
 from ros_harness import Probe, node_process
 

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from msdp_franka_driver.control_law import ImpedanceConfig
-from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
-from msdp_franka_driver.tasks import HOLE_CHAMFER, HOLE_CLEARANCE, HOLE_DEPTH, HOLE_XY_RANGE, TaskConfig, hole_inradius
+from msdp_franka_driver.sim.config import EnvConfig
+from msdp_franka_driver.sim.env import FrankaTaskEnv
+from msdp_franka_driver.sim.scenes import HOLE_CHAMFER, HOLE_XY_RANGE
+from msdp_policy.tasks import HOLE_CLEARANCE, HOLE_DEPTH, TaskConfig, hole_inradius
 
 
 def make_env(**task) -> FrankaTaskEnv:

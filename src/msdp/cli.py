@@ -1,18 +1,102 @@
-"""The ``msdp`` command: one entry point with a subcommand per job."""
+"""The ``msdp`` command: one entry point with a subcommand per job, above every package (nothing imports it).
+
+Configured jobs (train, pretrain, collect) start from their YAML file (the shipped one in ``config/`` or the
+package's share directory by default), then apply ``--set section.field=value`` overrides for any config
+field; the other flags are shorthands for the same overrides. Every value is validated by the typed config.
+An expected failure (a missing or damaged file, a mismatched spec, empty data, a bad value) prints one line
+naming the file or parameter and exits 1 (a file or data problem) or 2 (a usage or configuration problem);
+an output folder the failed command created is removed again if nothing was written to it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from msdp.config import ConfigError
+import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+from msdp.config import ConfigError, from_dict, load_yaml, to_dict
+from msdp.paths import config_file
+
+TASKS = ("peg", "push_cube", "close_drawer")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """Usage errors in one line, exit code 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+# -- overrides -------------------------------------------------------------------------------------------------
+def parse_override(text: str) -> tuple[str, Any]:
+    """``agent.bridge=pooling`` -> ("agent.bridge", "pooling"); the value is read as YAML (numbers, lists, bools)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected section.field=value, got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"{key}: cannot read the value {value!r} ({exc})") from exc
+
+
+def apply_overrides(config: dict[str, Any], overrides: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Set dotted keys in a nested config dict; a key that names no field is refused by the typed config."""
+    for key, value in overrides:
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"--set {key}: '{part}' is not a section of this config")
+            node = node[part]
+        node[leaf] = value
+    return config
+
+
+def configured(cls: type, args: argparse.Namespace, shorthands: dict[str, str]) -> Any:
+    """The job's config: the YAML file, then the shorthand flags that were given, then ``--set``."""
+    config = to_dict(load_yaml(cls, args.config))
+    given = [(key, getattr(args, flag)) for flag, key in shorthands.items() if getattr(args, flag) not in (None, False)]
+    return from_dict(cls, apply_overrides(config, given + list(args.set)))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, yaml_name: str) -> None:
+    parser.add_argument("--config", type=Path, help=f"YAML config (default: the shipped {yaml_name})")
+    parser.add_argument(
+        "--set", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
+        help="override any config field, e.g. --set agent.bridge=pooling (repeatable)",
+    )  # fmt: skip
+    parser.set_defaults(config_name=yaml_name)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+# -- jobs ------------------------------------------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> int:
-    from msdp_franka_driver.demo import run_demo
+    from msdp_franka_driver.sim.demo import run_demo
 
     summary = run_demo(Path(args.out), seed=args.seed, episodes=args.episodes)
     print(f"demo: {summary['successes']}/{summary['episodes']} scripted insertions succeeded; report in {args.out}")
@@ -22,11 +106,11 @@ def _demo(args: argparse.Namespace) -> int:
 def _driver(args: argparse.Namespace) -> int:
     from msdp_franka_driver.driver_node import main
 
-    return main(["--ros-args", "--params-file", args.params] if args.params else [])
+    return main(["--ros-args", "--params-file", str(args.params)] if args.params else [])
 
 
 def _arm_model(args: argparse.Namespace) -> int:
-    from msdp_franka_driver.fr3_model import standalone_arm_mjcf
+    from msdp_franka_driver.sim.fr3_model import standalone_arm_mjcf
 
     Path(args.out).write_text(standalone_arm_mjcf())
     print(f"wrote {args.out} (set FR3_MJCF to it for franka-sim)")
@@ -58,37 +142,33 @@ def _collect_ros(args: argparse.Namespace) -> int:
     return 0
 
 
+COLLECT_FLAGS = {"samples": "samples", "policy": "policy", "seed": "seed", "task": "task.name",
+                 "image_noise": "task.image_noise_std"}  # fmt: skip
+
+
 def _collect(args: argparse.Namespace) -> int:
-    from msdp.config import from_dict
-    from msdp_perception.collect import CollectConfig, collect_to_bags
+    from msdp_franka_driver.sim.collect import CollectConfig, collect_to_bags
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} is not empty; collection writes new bag folders")
-    config = from_dict(
-        CollectConfig,
-        {
-            "samples": args.samples,
-            "policy": args.policy,
-            "seed": args.seed,
-            "task": {"name": args.task, "image_noise_std": args.image_noise},
-        },
-    )
+    config = configured(CollectConfig, args, COLLECT_FLAGS)
     bags = collect_to_bags(out, config)
-    print(f"collect: {config.samples} samples of {config.policy} actions on {args.task} in {len(bags)} bag(s) in {out}")
+    print(f"collect: {config.samples} samples of {config.policy} actions on {config.task.name} in {len(bags)} bag(s) "
+          f"in {out}")  # fmt: skip
     return 0
 
 
+PRETRAIN_FLAGS = {"steps": "steps", "batch_size": "batch_size", "seed": "seed", "objective": "model.objective",
+                  "val_every": "val_every"}  # fmt: skip
+
+
 def _pretrain(args: argparse.Namespace) -> int:
-    from msdp.config import from_dict, load_yaml, to_dict
     from msdp_perception.pretrain import PretrainConfig, pretrain
 
-    config = to_dict(load_yaml(PretrainConfig, args.config))
-    overrides = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed}
-    config.update({k: v for k, v in overrides.items() if v is not None})
-    if args.objective:
-        config["model"]["objective"] = args.objective
-    summary = pretrain([Path(b) for b in args.bags], Path(args.out), from_dict(PretrainConfig, config), args.cache)
+    config = configured(PretrainConfig, args, PRETRAIN_FLAGS)
+    set_threads(args.threads)
+    summary = pretrain([Path(b) for b in args.bags], Path(args.out), config, args.cache)
     final = summary["final"]
     losses = ", ".join(f"{m} {final[f'val_{m}']:.4f}" for m in ("vision", "ft", "proprio") if f"val_{m}" in final)
     print(f"pretrain: {summary['steps']} updates in {summary['seconds'] / 60:.1f} min; held-out loss {losses or 'n/a'}")
@@ -102,13 +182,9 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _recover_bag(args: argparse.Namespace) -> int:
-    from msdp_perception.bags import BagError, recover_bag
+    from msdp_perception.bags import recover_bag
 
-    try:
-        count = recover_bag(args.bag)
-    except BagError as exc:
-        print(f"msdp recover-bag: {exc}", file=sys.stderr)
-        return 1
+    count = recover_bag(args.bag)
     print(f"recover-bag: {args.bag} holds {count} messages and is a complete rosbag2 folder")
     return 0
 
@@ -117,47 +193,38 @@ def _encoder(args: argparse.Namespace) -> int:
     from msdp_perception.encoder_node import main
 
     params = ["-p", f"checkpoint:={args.checkpoint}"] + (["-p", "use_sim_time:=true"] if args.sim_time else [])
-    return main(["--ros-args", *(["--params-file", args.params] if args.params else []), *params])
+    return main(["--ros-args", *(["--params-file", str(args.params)] if args.params else []), *params])
+
+
+TRAIN_FLAGS = {
+    "steps": "steps", "seed": "seed", "encoder_variant": "encoder_variant", "sensors": "sensors",
+    "task": "env.task.name", "bridge": "agent.bridge", "rlpd": "agent.rlpd", "layer_norm": "agent.layer_norm",
+    "threads": "torch_threads", "random_steps": "random_steps", "update_after": "update_after",
+    "eval_every": "eval_every", "eval_episodes": "eval_episodes",
+}  # fmt: skip
 
 
 def _train(args: argparse.Namespace) -> int:
-    from msdp.config import from_dict, load_yaml, to_dict
     from msdp_policy.training import TrainConfig, train
 
-    config = to_dict(load_yaml(TrainConfig, args.config))
-    overrides = {
-        "steps": args.steps,
-        "seed": args.seed,
-        "encoder_variant": args.encoder_variant,
-        "sensors": args.sensors,
-    }
-    config.update({k: v for k, v in overrides.items() if v is not None})
-    if args.task:
-        config["env"]["task"]["name"] = args.task
-    if args.bridge:
-        config["agent"]["bridge"] = args.bridge
-    if args.rlpd:
-        config["agent"]["rlpd"] = True
-    if args.layer_norm:
-        config["agent"]["layer_norm"] = True
-    out = Path(args.out or f"runs/train_{config['env']['task']['name']}_{config['encoder_variant']}_s{config['seed']}")
-    summary = train(
-        from_dict(TrainConfig, config), Path(args.encoder), out, args.resume, [Path(p) for p in args.offline]
-    )
+    config = configured(TrainConfig, args, TRAIN_FLAGS)
+    out = Path(args.out or f"runs/train_{config.env.task.name}_{config.encoder_variant}_s{config.seed}")
+    summary = train(config, Path(args.encoder), out, args.resume, [Path(p) for p in args.offline])
     final = summary["final"]
     print(
         f"train: {summary['env_steps']} environment steps in {summary['wall_s'] / 60:.1f} min "
-        f"({summary['env_steps'] / summary['wall_s']:.1f} steps/s); final success {final['success_rate']:.0%}, "
-        f"return {final['return']:.2f}; policy {out / 'policy.safetensors'}, curves {out / 'curves.png'}"
+        f"({summary['env_steps'] / max(summary['wall_s'], 1e-9):.1f} steps/s); final success "
+        f"{final['success_rate']:.0%}, return {final['return']:.2f}; policy {out / 'policy.safetensors'}, "
+        f"curves {out / 'curves.png'}"
     )
     return 0
 
 
 def _offline_log(args: argparse.Namespace) -> int:
-    from msdp.config import from_dict
-    from msdp_franka_driver.tasks import TaskConfig
     from msdp_policy.offline import offline_log_from_bags
+    from msdp_policy.tasks import TaskConfig
 
+    set_threads(args.threads)
     task = from_dict(TaskConfig, {"name": args.task})
     counts = offline_log_from_bags([Path(b) for b in args.bags], Path(args.encoder), Path(args.out), task)
     print(
@@ -170,6 +237,7 @@ def _offline_log(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from msdp_policy.evaluation import Perturbations, evaluate_policy
 
+    set_threads(args.threads)
     perturbations = Perturbations(args.image_noise, args.ft_noise, args.stiffness, args.mass_scale, args.friction_scale)
     result = evaluate_policy(args.policy, args.episodes, perturbations, args.task, args.encoder, not args.stochastic)
     print(
@@ -186,127 +254,175 @@ def _curves(args: argparse.Namespace) -> int:
 
     names = [Path(run).name for run in args.runs]
     labels = names if len(set(names)) == len(names) else args.runs  # same folder name: label by the path
-    runs = {label: read_rows(Path(run) / "metrics.csv") for label, run in zip(labels, args.runs, strict=True)}
+    runs = {}
+    for label, run in zip(labels, args.runs, strict=True):
+        metrics = Path(run) / "metrics.csv"
+        if not metrics.is_file():
+            raise FileNotFoundError(f"{metrics} not found: is {run} a run folder of `msdp train`?")
+        runs[label] = read_rows(metrics)
+        if not runs[label]:
+            raise ConfigError(f"{metrics} holds no evaluation yet")
     plot_learning_curves(runs, Path(args.out))
     print(f"curves: {len(runs)} run(s) in {args.out}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="msdp", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+# -- the parser ------------------------------------------------------------------------------------------------
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="msdp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
-    demo = sub.add_parser("demo", help="scripted peg insertion on the simulated Franka; writes a report")
+    def command(name: str, func: Callable[[argparse.Namespace], int], help: str) -> ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func, config_name=None)
+        return p
+
+    demo = command("demo", _demo, "scripted peg insertion on the simulated Franka; writes a report")
     demo.add_argument("--out", default="results/demo", help="report folder (default: results/demo)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--episodes", type=int, default=5, help="episodes scored for the success count")
-    demo.set_defaults(func=_demo)
+    demo.add_argument("--episodes", type=positive_int, default=5, help="episodes scored for the success count")
 
-    driver = sub.add_parser("driver", help="run the Franka driver node (mujoco or libfranka backend)")
-    driver.add_argument("--params", help="ROS parameter file (default: built-in defaults, mujoco backend)")
-    driver.set_defaults(func=_driver)
+    driver = command("driver", _driver, "run the Franka driver node (mujoco or libfranka backend)")
+    driver.add_argument("--params", type=Path, help="ROS parameter file (default: built-in defaults, mujoco backend)")
 
-    model = sub.add_parser("arm-model", help="write the FR3 arm MJCF (e.g. for franka-sim's FR3_MJCF)")
+    model = command("arm-model", _arm_model, "write the FR3 arm MJCF (e.g. for franka-sim's FR3_MJCF)")
     model.add_argument("--out", default="fr3.xml")
-    model.set_defaults(func=_arm_model)
 
-    record = sub.add_parser("record", help="record live ROS topics into a rosbag2 folder (MCAP), until Ctrl-C")
+    record = command("record", _record, "record live ROS topics into a rosbag2 folder (MCAP), until Ctrl-C")
     record.add_argument("--out", default="", help="new bag folder (default: bags/<date-time>)")
     record.add_argument("--topics", default="", help="comma-separated topics (default: sensors, pose, target, action)")
     record.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"))
     record.add_argument("--sim-time", action="store_true", help="stamp with /clock (use_sim_time), for the sim arm")
-    record.set_defaults(func=_record)
 
-    collect = sub.add_parser("collect-ros", help="random-action episodes on the simulated arm over ROS, into a bag")
-    collect.add_argument("--out", required=True, help="new bag folder")
-    collect.add_argument("--episodes", type=int, default=10)
-    collect.add_argument("--steps", type=int, default=100, help="actions per episode (task.max_episode_steps)")
-    collect.add_argument("--task", default="peg", choices=("peg", "push_cube", "close_drawer"))
-    collect.add_argument("--real-time-factor", type=float, default=1.0, help="simulated s per wall s")
-    collect.add_argument("--seed", type=int, default=0, help="first scene seed and action seed")
-    collect.set_defaults(func=_collect_ros)
+    ros = command("collect-ros", _collect_ros, "random-action episodes on the simulated arm over ROS, into a bag")
+    ros.add_argument("--out", required=True, help="new bag folder")
+    ros.add_argument("--episodes", type=positive_int, default=10)
+    ros.add_argument("--steps", type=positive_int, default=100, help="actions per episode (task.max_episode_steps)")
+    ros.add_argument("--task", default="peg", choices=TASKS)
+    ros.add_argument("--real-time-factor", type=float, default=1.0, help="simulated s per wall s")
+    ros.add_argument("--seed", type=int, default=0, help="first scene seed and action seed")
 
-    fast = sub.add_parser("collect", help="random-action samples straight from the in-process simulator, into bags")
+    fast = command("collect", _collect, "random-action samples straight from the in-process simulator, into bags")
     fast.add_argument("--out", required=True, help="folder for the bag folders (bag_000, bag_001, ...)")
-    fast.add_argument("--samples", type=int, default=30000)
-    fast.add_argument("--policy", default="random", choices=("random", "scripted_noise"))
-    fast.add_argument("--task", default="peg", choices=("peg", "push_cube", "close_drawer"))
-    fast.add_argument("--seed", type=int, default=0)
-    fast.add_argument("--image-noise", type=float, default=0.0, help="Gaussian pixel noise std (0-255 scale)")
-    fast.set_defaults(func=_collect)
+    fast.add_argument("--samples", type=positive_int, help="observations to record (default: 30000)")
+    fast.add_argument("--policy", choices=("random", "scripted_noise"))
+    fast.add_argument("--task", choices=TASKS)
+    fast.add_argument("--seed", type=int)
+    fast.add_argument("--image-noise", type=non_negative_float, help="Gaussian pixel noise std (0-255 scale)")
+    add_config_arguments(fast, "collect.yaml")
 
-    pre = sub.add_parser("pretrain", help="pretrain the MSDP encoder from rosbags (MCAP or sqlite3)")
+    pre = command("pretrain", _pretrain, "pretrain the MSDP encoder from rosbags (MCAP or sqlite3)")
     pre.add_argument("--bags", nargs="+", required=True, help="bag folders, or folders of bag folders")
     pre.add_argument("--objective", choices=("reconstruction", "prediction"), help="default: from --config")
-    pre.add_argument("--steps", type=int, help="updates (default: from --config, 30000)")
-    pre.add_argument("--batch-size", type=int)
+    pre.add_argument("--steps", type=positive_int, help="updates (default: from --config, 30000)")
+    pre.add_argument("--batch-size", type=positive_int)
     pre.add_argument("--seed", type=int)
+    pre.add_argument("--val-every", type=positive_int, help="updates between validations")
+    pre.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
     pre.add_argument("--out", default="runs/pretrain", help="checkpoint and report folder")
-    pre.add_argument("--config", default=str(CONFIG_DIR / "pretrain.yaml"))
     pre.add_argument("--cache", type=Path, help="folder for decoded-sample caches (later runs skip decoding)")
-    pre.set_defaults(func=_pretrain)
+    add_config_arguments(pre, "pretrain.yaml")
 
-    recover = sub.add_parser("recover-bag", help="repair a bag whose recorder was killed (keeps all complete messages)")
+    recover = command(
+        "recover-bag", _recover_bag, "repair a bag whose recorder was killed (keeps all complete messages)"
+    )
     recover.add_argument("bag", help="the rosbag2 folder")
-    recover.set_defaults(func=_recover_bag)
 
-    enc = sub.add_parser("encoder", help="run the encoder node (sensor topics in, /msdp/embedding out)")
+    enc = command("encoder", _encoder, "run the encoder node (sensor topics in, /msdp/embedding out)")
     enc.add_argument("--checkpoint", required=True, help="encoder.safetensors from msdp pretrain")
-    enc.add_argument("--params", help="ROS parameter file (e.g. config/encoder.yaml)")
+    enc.add_argument("--params", type=Path, help="ROS parameter file (e.g. config/encoder.yaml)")
     enc.add_argument("--sim-time", action="store_true", help="use /clock (next to the simulated arm)")
-    enc.set_defaults(func=_encoder)
 
-    tr = sub.add_parser("train", help="learn a policy on a simulated task in one process (SAC / RLPD, no ROS)")
+    tr = command("train", _train, "learn a policy on a simulated task in one process (SAC / RLPD, no ROS)")
     tr.add_argument("--encoder", required=True, help="encoder.safetensors from msdp pretrain")
-    tr.add_argument("--task", choices=("peg", "push_cube", "close_drawer"), help="default: from --config (peg)")
-    tr.add_argument("--steps", type=int, help="environment steps (default: from --config, 200000)")
+    tr.add_argument("--task", choices=TASKS, help="default: from --config (peg)")
+    tr.add_argument("--steps", type=positive_int, help="environment steps (default: from --config, 200000)")
     tr.add_argument("--seed", type=int)
     tr.add_argument("--encoder-variant", choices=("msdp_frozen", "scratch"))
     tr.add_argument("--sensors", help="sensor subset, e.g. vision,ft (default: all)")
     tr.add_argument("--bridge", choices=("cross_attention", "pooling", "cls", "concat"))
-    tr.add_argument("--threads", type=int, help="torch threads (default: from --config, 1)")
+    tr.add_argument("--threads", type=positive_int, help="torch threads (torch_threads; default: from --config, 1)")
+    tr.add_argument("--random-steps", type=int, help="uniform random actions first (random_steps)")
+    tr.add_argument("--update-after", type=positive_int, help="environment steps before the first update")
+    tr.add_argument("--eval-every", type=positive_int, help="environment steps between evaluations")
+    tr.add_argument("--eval-episodes", type=positive_int, help="episodes per evaluation")
     tr.add_argument("--rlpd", action="store_true", help="RLPD: half of each batch from the --offline logs")
     tr.add_argument("--layer-norm", action="store_true", help="LayerNorm in the Q-networks (agent.layer_norm)")
     tr.add_argument("--offline", nargs="*", default=[], help="transition logs for RLPD (see msdp offline-log)")
     tr.add_argument("--out", help="run folder (default: runs/train_<task>_<variant>_s<seed>)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    tr.add_argument("--config", default=str(CONFIG_DIR / "train.yaml"))
-    tr.set_defaults(func=_train)
+    add_config_arguments(tr, "train.yaml")
 
-    ev = sub.add_parser("eval", help="success rate of a trained policy on a simulated task, with perturbations")
+    ev = command("eval", _eval, "success rate of a trained policy on a simulated task, with perturbations")
     ev.add_argument("--policy", required=True, help="policy.safetensors from msdp train")
-    ev.add_argument("--task", help="default: the task the policy was trained on")
-    ev.add_argument("--episodes", type=int, default=50)
-    ev.add_argument("--image-noise", type=float, default=0.0, help="Gaussian pixel noise std (0-255 scale)")
-    ev.add_argument("--ft-noise", type=float, default=0.0, help="Gaussian F/T noise std (N, Nm)")
+    ev.add_argument("--task", choices=TASKS, help="default: the task the policy was trained on")
+    ev.add_argument("--episodes", type=positive_int, default=50)
+    ev.add_argument("--image-noise", type=non_negative_float, default=0.0, help="Gaussian pixel noise (0-255 scale)")
+    ev.add_argument("--ft-noise", type=non_negative_float, default=0.0, help="Gaussian F/T noise std (N, Nm)")
     ev.add_argument("--stiffness", type=float, help="translational stiffness, N/m (trained at 2000)")
     ev.add_argument("--mass-scale", type=float, default=1.0, help="object mass x")
     ev.add_argument("--friction-scale", type=float, default=1.0, help="object friction x")
     ev.add_argument("--stochastic", action="store_true", help="sample actions instead of the mean")
     ev.add_argument("--encoder", help="override the encoder checkpoint named in the policy")
-    ev.set_defaults(func=_eval)
+    ev.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
 
-    off = sub.add_parser("offline-log", help="encode recorded bags into a transition log with rewards (RLPD data)")
+    off = command("offline-log", _offline_log, "encode recorded bags into a transition log with rewards (RLPD data)")
     off.add_argument("--bags", nargs="+", required=True, help="bag folders with /franka/ee_pose and /msdp/task_goal")
     off.add_argument("--encoder", required=True, help="the frozen encoder the policy will use")
     off.add_argument("--task", default="peg", choices=("peg",), help="the task whose reward to compute")
     off.add_argument("--out", required=True, help="new transition log folder")
-    off.set_defaults(func=_offline_log)
+    off.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
 
-    cv = sub.add_parser("curves", help="plot several training runs' learning curves in one PNG")
+    cv = command("curves", _curves, "plot several training runs' learning curves in one PNG")
     cv.add_argument("runs", nargs="+", help="run folders (each with metrics.csv)")
     cv.add_argument("--out", default="runs/curves.png")
-    cv.set_defaults(func=_curves)
     return parser
+
+
+def expected_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(errors of the user's files or data: exit 1, errors of the configuration: exit 2), imported lazily so
+    that ``msdp --help`` loads no package."""
+    from msdp_perception.bags import BagError
+    from msdp_perception.checkpoint import CheckpointError
+    from msdp_perception.messages import SensorDataError
+    from msdp_policy.transition_log import TransitionLogError
+
+    return (BagError, CheckpointError, SensorDataError, TransitionLogError, FileNotFoundError, OSError), (ConfigError,)
+
+
+def created_folder(args: argparse.Namespace) -> Path | None:
+    """The --out folder this command is about to create (None if it exists already or there is none)."""
+    out = getattr(args, "out", None)
+    if not out or Path(out).suffix:  # a file (curves.png, fr3.xml), not a folder
+        return None
+    return None if Path(out).exists() else Path(out)
+
+
+def remove_if_empty(folder: Path | None) -> None:
+    """Remove a folder a failed command created, if it holds no file (only empty folders)."""
+    if folder is not None and folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+        shutil.rmtree(folder)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "config_name", None) and args.config is None:
+        args.config = config_file(args.config_name)
+    new_folder = created_folder(args)
+    data_errors, config_errors = expected_errors()
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"msdp {args.command}: configuration error: {exc}", file=sys.stderr)
+    except config_errors as exc:
+        remove_if_empty(new_folder)
+        print(f"msdp {args.command}: {exc}", file=sys.stderr)
         return 2
+    except data_errors as exc:
+        remove_if_empty(new_folder)
+        print(f"msdp {args.command}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"msdp {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ value is rejected with one message format everywhere: which parameter, what it g
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import typing
 from pathlib import Path
@@ -71,17 +72,28 @@ def _coerce(name: str, value: Any, annotation: Any, spec: dict[str, Any]) -> Any
     raise ConfigError(f"parameter '{name}': unsupported type {annotation!r}")
 
 
+def unknown_names(given: list[str], known: list[str]) -> str:
+    """'' if every given name is known, else one phrase naming each unknown one and its nearest known name."""
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return ""
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hints.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    return f"unknown parameter(s) {', '.join(hints)}"
+
+
 def from_dict(cls: type[T], values: dict[str, Any] | None, prefix: str = "") -> T:
     """Build ``cls`` from a (nested) dict: unknown keys and bad values raise ConfigError."""
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"parameter '{prefix.rstrip('.') or cls.__name__}': expected a mapping, got {values!r}")
     values = dict(values or {})
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    known = sorted(prefix + f.name for f in dataclasses.fields(cls))
+    unknown = unknown_names([prefix + name for name in values], known)
     if unknown:
-        raise ConfigError(
-            f"unknown parameter(s) {', '.join(prefix + u for u in unknown)}; "
-            f"known: {', '.join(prefix + k for k in sorted(known))}"
-        )
+        raise ConfigError(f"{unknown}; known: {', '.join(known)}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in values:

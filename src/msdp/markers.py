@@ -8,7 +8,7 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point
 from visualization_msgs.msg import Marker
 
-from msdp_franka_driver.fr3_model import BASE_FRAME
+from msdp.vocabulary import BASE_FRAME
 
 
 def workspace_box_marker(low: Sequence[float], high: Sequence[float], stamp: Time, namespace: str) -> Marker:

@@ -1,6 +1,2 @@
-"""Franka driver: the Cartesian impedance law, its safety filters, and the libfranka and MuJoCo backends."""
-
-import os
-
-# MuJoCo picks its OpenGL platform at import time; offscreen EGL works with no display.
-os.environ.setdefault("MUJOCO_GL", "egl")
+"""The real robot: the Cartesian impedance law and its safety filters, pose helpers, the backend protocol,
+the libfranka backend and the driver node. The simulator lives apart, in ``msdp_franka_driver.sim``."""

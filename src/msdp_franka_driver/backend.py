@@ -1,9 +1,14 @@
-"""What the driver node needs from a robot backend, real (libfranka) or simulated (mujoco)."""
+"""What the driver node needs from a robot backend, real (libfranka) or simulated (``sim.backend``).
+
+The node never asks which kind it drives: a backend that is a whole simulated cell also implements
+``SimulatedCell`` (it keeps the clock and serves the camera and the task goal that a real cell's own nodes
+and operator provide), and the node publishes those when the backend offers them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -23,17 +28,45 @@ class ArmSnapshot:
 
 
 class ArmBackend(Protocol):
+    name: str  # "mujoco", "libfranka": the hardware id in diagnostics
+
     def start(self) -> None:
         """Connect (or build the scene) and hold the current pose."""
 
     def set_target(self, position: np.ndarray, orientation: np.ndarray) -> bool:
-        """Hand a new equilibrium pose to the control loop; False if it was rejected (non-finite)."""
+        """Hand a new equilibrium pose to the control loop; False if it was refused (non-finite, or a fault)."""
+
+    def advance(self, wall_seconds: float) -> list[ArmSnapshot]:
+        """Let ``wall_seconds`` of wall time pass; return the states to publish since the last call.
+
+        A real arm runs by itself (its latest state); a simulated one steps physics for the time owed."""
 
     def snapshot(self) -> ArmSnapshot:
         """The latest state; never blocks the control loop."""
 
+    def reset(self) -> str:
+        """Start a new episode (simulation: a new random scene; real arm: back to the start pose)."""
+
+    def fault(self) -> str:
+        """Empty while the arm follows targets; otherwise what stopped it (``recover`` clears it)."""
+
     def recover(self) -> str:
         """Clear a robot error (automatic error recovery) and hold pose; returns a status message."""
 
+    def diagnostics(self) -> dict[str, str]:
+        """Control-loop health as key -> value (periods, lost cycles, rejected targets, ...)."""
+
     def stop(self) -> None:
         """Stop the control loop and release the robot."""
+
+
+@runtime_checkable
+class SimulatedCell(Protocol):
+    """A backend that simulates the whole cell: its clock stamps everything (``/clock``), and it renders the
+    camera and knows the episode's goal."""
+
+    def image(self) -> np.ndarray:
+        """The third-person camera's current RGB image (H, W, 3) uint8."""
+
+    def task_goal(self) -> tuple[np.ndarray, float] | None:
+        """The episode's goal pose (position, yaw about z), or None when the task has no fixed goal."""

@@ -68,12 +68,15 @@ class SafetyConfig:
     )
 
     def check(self, prefix: str = "") -> None:
-        for axis, (low, high) in enumerate(zip(self.workspace_min, self.workspace_max, strict=True)):
-            if low >= high:
-                raise ConfigError(
-                    f"parameter '{prefix}workspace_min[{axis}]' ({low}) must be below "
-                    f"'{prefix}workspace_max[{axis}]' ({high})"
-                )
+        check_box(self.workspace_min, self.workspace_max, f"{prefix}workspace")
+
+
+def check_box(low: tuple[float, ...], high: tuple[float, ...], name: str) -> None:
+    """A box's ``<name>_min`` must lie below its ``<name>_max`` on every axis (an inverted or flat box would
+    clip every target to one face or corner)."""
+    for axis, (a, b) in enumerate(zip(low, high, strict=True)):
+        if a >= b:
+            raise ConfigError(f"parameter '{name}_min[{axis}]' ({a}) must be below '{name}_max[{axis}]' ({b})")
 
 
 @dataclass

@@ -1,14 +1,15 @@
-"""Franka driver node: a thin rclpy adapter around a backend (simulated MuJoCo arm or real libfranka arm).
+"""Franka driver node: a thin rclpy adapter around a backend (real libfranka arm or simulated MuJoCo arm).
 
-Topics (base frame ``fr3_link0``, SI units):
-  publishes  /joint_states (sensor_msgs/JointState), /franka/ee_pose (geometry_msgs/PoseStamped),
-             /msdp/markers (workspace box, target, wrench arrow), /diagnostics (1 Hz: control loop health);
-             mujoco backend also /camera/image_raw (rgb8), /ft_sensor/wrench (frame ``ft_sensor``), /clock,
-             and /msdp/task_goal (latched PoseStamped: the episode's goal, e.g. the peg hole, yaw about z)
+Topics (``msdp.vocabulary``; base frame ``fr3_link0``, SI units):
+  publishes  /joint_states, /franka/ee_pose, /franka/status (latched: "running", or the fault that stopped the
+             arm), /msdp/markers (workspace box, target, wrench arrow), /diagnostics (1 Hz: control loop health);
+             a simulated cell (``backend: mujoco``) also /camera/image_raw, /ft_sensor/wrench, /clock and
+             /msdp/task_goal (latched: the episode's goal, e.g. the peg hole, yaw about z)
   subscribes /franka/equilibrium_pose (geometry_msgs/PoseStamped): the impedance target
   services   ~/reset, ~/recover (std_srvs/Trigger)
-With the mujoco backend, stamps are simulated time and /clock is published: run the other nodes with
-``use_sim_time`` when the simulation runs faster or slower than real time.
+A simulated cell stamps with simulated time and publishes /clock: run the other nodes with ``use_sim_time``
+when the simulation runs faster or slower than real time. The libfranka backend is imported only when chosen,
+the simulator only for ``backend: mujoco``: a real arm's driver never loads MuJoCo.
 """
 
 from __future__ import annotations
@@ -17,30 +18,21 @@ import sys
 from dataclasses import dataclass, field
 
 import numpy as np
-from builtin_interfaces.msg import Time
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point, PoseStamped, WrenchStamped
-from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import Image, JointState
+from geometry_msgs.msg import Point, PoseStamped
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from msdp.config import ConfigError, param_range
+from msdp import vocabulary as vocab
+from msdp.config import param_range
 from msdp.markers import workspace_box_marker
-from msdp.ros_node import run_node
-from msdp.ros_params import declare_config
-from msdp_franka_driver.backend import ArmBackend, ArmSnapshot
+from msdp.node import MsdpNode, ros_message, run_node
+from msdp_franka_driver.backend import ArmBackend, ArmSnapshot, SimulatedCell
 from msdp_franka_driver.control_law import ImpedanceConfig, SafetyConfig
-from msdp_franka_driver.env import EnvConfig
-from msdp_franka_driver.fr3_model import BASE_FRAME, CAMERA_FRAME, FT_FRAME, JOINT_NAMES
 from msdp_franka_driver.libfranka_backend import LibfrankaConfig
-from msdp_franka_driver.mujoco_backend import SimConfig
 from msdp_franka_driver.pose import quat_to_matrix, yaw_quat
-from msdp_franka_driver.tasks import TaskConfig
-
-RETURN_TOLERANCE = 0.002  # m: ~/reset on the real arm is done this close to the start pose
+from msdp_franka_driver.sim.config import SimConfig
+from msdp_policy.tasks import TaskConfig
 
 
 @dataclass(frozen=True)
@@ -61,122 +53,103 @@ class DriverConfig:
 
 
 def make_backend(config: DriverConfig) -> ArmBackend:
+    """The configured backend; each is imported only when chosen."""
     if config.backend == "mujoco":
-        from msdp_franka_driver.sim_arm import MujocoArm
+        from msdp_franka_driver.sim.backend import MujocoArm
+        from msdp_franka_driver.sim.config import EnvConfig
 
         env = EnvConfig(task=config.task, sim=config.sim, impedance=config.impedance, safety=config.safety)
-        return MujocoArm(env, seed=config.seed)
+        return MujocoArm(env, config.seed, 1.0 / config.state_rate, config.real_time_factor)
     from msdp_franka_driver.libfranka_backend import LibfrankaArm
 
     return LibfrankaArm(config.libfranka, config.impedance, config.safety)
 
 
-def stamp(seconds: float) -> Time:
-    nanoseconds = int(round(seconds * 1e9))
-    return Time(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
-
-
-class FrankaDriverNode(Node):
+class FrankaDriverNode(MsdpNode):
     def __init__(self):
-        super().__init__("franka_driver")
-        try:
-            self.config = declare_config(self, DriverConfig)
-        except ConfigError:
-            super().destroy_node()
-            raise
+        super().__init__(vocab.DRIVER_NODE, DriverConfig)
         self.backend = make_backend(self.config)
-        self.simulated = self.config.backend == "mujoco"
         try:
             self.backend.start()
         except (RuntimeError, TimeoutError):
             super().destroy_node()
             raise
+        self.cell = self.backend if isinstance(self.backend, SimulatedCell) else None
         self.target: PoseStamped | None = None
-        start = self.backend.snapshot()
-        self.start_pose = (start.position.copy(), start.orientation.copy())  # where ~/reset returns the real arm
-        self.returning = False
+        self.status = ""
 
-        self.joint_pub = self.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
-        self.pose_pub = self.create_publisher(PoseStamped, "/franka/ee_pose", qos_profile_sensor_data)
-        self.marker_pub = self.create_publisher(MarkerArray, "/msdp/markers", 1)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(1.0, self.publish_diagnostics)
-        reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        self.create_subscription(PoseStamped, "/franka/equilibrium_pose", self.on_target, reliable)
-        self.create_service(Trigger, "~/reset", self.on_reset)
-        self.create_service(Trigger, "~/recover", self.on_recover)
-        if self.simulated:
-            self.wrench_pub = self.create_publisher(WrenchStamped, "/ft_sensor/wrench", qos_profile_sensor_data)
-            self.image_pub = self.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
-            self.clock_pub = self.create_publisher(Clock, "/clock", 10)
-            self.sim_time_owed = 0.0  # s of simulated time the wall clock is ahead by
-            self.next_camera_time = start.time
-            latched = QoSProfile(
-                depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
-            )
-            self.goal_pub = self.create_publisher(PoseStamped, "/msdp/task_goal", latched)
+        self.joint_pub = self.publisher(vocab.JOINT_STATES)
+        self.pose_pub = self.publisher(vocab.EE_POSE)
+        self.status_pub = self.publisher(vocab.DRIVER_STATUS)
+        self.marker_pub = self.publisher(vocab.MARKERS)
+        self.subscription(vocab.EQUILIBRIUM_POSE, self.on_target)
+        self.create_service(Trigger, vocab.RESET_SERVICE, self.on_reset)
+        self.create_service(Trigger, vocab.RECOVER_SERVICE, self.on_recover)
+        self.create_timer(1.0, self.on_diagnostics)
+        if self.cell is not None:
+            self.wrench_pub = self.publisher(vocab.WRENCH)
+            self.image_pub = self.publisher(vocab.IMAGE)
+            self.clock_pub = self.publisher(vocab.CLOCK)
+            self.goal_pub = self.publisher(vocab.TASK_GOAL)
+            self.next_camera_time = self.backend.snapshot().time
             self.publish_task_goal()
+        self.publish_status()
         self.create_timer(1.0 / self.config.state_rate, self.on_tick)
         if self.config.marker_rate > 0:
             self.create_timer(1.0 / self.config.marker_rate, self.publish_markers)
-        self.get_logger().info(f"franka driver up: backend {self.config.backend}")
+        self.get_logger().info(f"franka driver up: backend {self.backend.name}")
 
     # -- time ----------------------------------------------------------------------------------
-    def now_msg(self, snapshot: ArmSnapshot) -> Time:
-        return stamp(snapshot.time) if self.simulated else self.get_clock().now().to_msg()
+    def stamp_ns(self, snapshot: ArmSnapshot) -> int:
+        """A simulated cell's clock, or this node's clock for a real arm."""
+        return round(snapshot.time * 1e9) if self.cell is not None else self.now_ns()
 
     # -- callbacks -----------------------------------------------------------------------------
     def on_tick(self) -> None:
-        """Real arm: publish its state. Simulation: run the simulated time owed since the last tick in steps of
-        one state period, publishing state (and camera frames when due) at simulated-time rates."""
-        if not self.simulated:
-            self.publish_state(self.backend.snapshot())
-            return
-        period = 1.0 / self.config.state_rate
-        self.sim_time_owed += self.config.real_time_factor * period
-        while self.sim_time_owed >= period / 2:
-            self.sim_time_owed -= period
-            self.backend.advance(period)
-            snapshot = self.backend.snapshot()
+        """Publish the states the backend produced over one state period (a simulation may make several to
+        catch up with the wall clock), camera frames when due, and the status when it changes."""
+        for snapshot in self.backend.advance(1.0 / self.config.state_rate):
             self.publish_state(snapshot)
-            if self.config.camera_rate > 0 and snapshot.time >= self.next_camera_time - 1e-6:
-                self.publish_image(snapshot)
+            if self.cell is not None and self.config.camera_rate > 0 and snapshot.time >= self.next_camera_time - 1e-6:
+                self.image_pub.publish(
+                    vocab.image_msg(ros_message, self.stamp_ns(snapshot), self.cell.image(), "rgb8", vocab.CAMERA_FRAME)
+                )
                 self.next_camera_time += 1.0 / self.config.camera_rate
+        self.publish_status()
 
     def publish_state(self, snapshot: ArmSnapshot) -> None:
-        if self.returning:  # stream the start pose (the watchdog stays quiet) until the arm is there
-            self.backend.set_target(*self.start_pose)
-            self.returning = np.linalg.norm(snapshot.position - self.start_pose[0]) > RETURN_TOLERANCE
-        now = self.now_msg(snapshot)
-        if self.simulated:
-            self.clock_pub.publish(Clock(clock=now))
-            wrench = WrenchStamped()
-            wrench.header.stamp, wrench.header.frame_id = now, FT_FRAME
-            f, t = snapshot.wrench[:3], snapshot.wrench[3:]
-            wrench.wrench.force.x, wrench.wrench.force.y, wrench.wrench.force.z = map(float, f)
-            wrench.wrench.torque.x, wrench.wrench.torque.y, wrench.wrench.torque.z = map(float, t)
-            self.wrench_pub.publish(wrench)
-        joints = JointState(name=list(JOINT_NAMES))
-        joints.header.stamp = now
-        joints.position, joints.velocity, joints.effort = (
-            list(map(float, v)) for v in (snapshot.q, snapshot.dq, snapshot.tau)
-        )
-        self.joint_pub.publish(joints)
-        pose = PoseStamped()
-        pose.header.stamp, pose.header.frame_id = now, BASE_FRAME
-        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = map(float, snapshot.position)
-        o = pose.pose.orientation
-        o.x, o.y, o.z, o.w = map(float, snapshot.orientation)
-        self.pose_pub.publish(pose)
+        stamp = self.stamp_ns(snapshot)
+        if self.cell is not None:
+            self.clock_pub.publish(
+                ros_message("rosgraph_msgs/msg/Clock", clock=vocab.header(ros_message, stamp, "").stamp)
+            )
+            self.wrench_pub.publish(vocab.wrench_msg(ros_message, stamp, snapshot.wrench))
+        self.joint_pub.publish(vocab.joint_state_msg(ros_message, stamp, snapshot.q, snapshot.dq, snapshot.tau))
+        self.pose_pub.publish(vocab.pose_msg(ros_message, stamp, snapshot.position, snapshot.orientation))
+
+    def publish_status(self, force: bool = False) -> None:
+        """/franka/status on every change (latched, so a node that starts later learns it too)."""
+        fault = self.backend.fault()
+        status = f"fault: {fault}" if fault else vocab.DRIVER_RUNNING
+        if status != self.status or force:
+            self.status = status
+            self.status_pub.publish(String(data=status))
+            if fault:
+                self.get_logger().error(f"arm stopped: {fault} (call ~/recover)")
 
     def on_target(self, msg: PoseStamped) -> None:
-        if msg.header.frame_id not in ("", BASE_FRAME):
+        if msg.header.frame_id not in ("", vocab.BASE_FRAME):
             self.get_logger().warning(
-                f"target rejected: frame '{msg.header.frame_id}', expected '{BASE_FRAME}'", throttle_duration_sec=1.0
+                f"target rejected: frame '{msg.header.frame_id}', expected '{vocab.BASE_FRAME}'",
+                throttle_duration_sec=1.0,
             )
             return
-        p, o = msg.pose.position, msg.pose.orientation
-        position, orientation = np.array([p.x, p.y, p.z]), np.array([o.x, o.y, o.z, o.w])
+        fault = self.backend.fault()
+        if fault:
+            self.get_logger().warning(f"target ignored: the arm is stopped ({fault}); call ~/recover",
+                                      throttle_duration_sec=1.0)  # fmt: skip
+            return
+        position, orientation = vocab.pose_arrays(msg)
         if not self.backend.set_target(position, orientation):
             self.get_logger().warning(
                 f"target rejected: non-finite or zero-norm pose {position} {orientation}; holding the previous target",
@@ -184,123 +157,83 @@ class FrankaDriverNode(Node):
             )
             return
         self.target = msg
-        self.returning = False
 
     def on_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         """Simulation: re-randomise the scene. Real arm: move back to the pose it had at start-up."""
         self.target = None
-        if self.simulated:
-            response.success, response.message = True, self.backend.reset()
+        fault = self.backend.fault()
+        if fault:
+            response.success, response.message = False, f"cannot reset: the arm is stopped ({fault}); call ~/recover"
+            return response
+        response.success, response.message = True, self.backend.reset()
+        if self.cell is not None:
             self.publish_task_goal()
-        else:
-            self.returning = True
-            position = ", ".join(f"{v:.3f}" for v in self.start_pose[0])
-            response.success, response.message = True, f"returning to the start pose ({position}) m"
         return response
 
     def publish_task_goal(self) -> None:
         """Simulation: the episode's goal pose (e.g. the peg hole), for the policy node's reward and success."""
-        env = self.backend.env
-        goal = env.task.goal_pose(env.task.privileged_state(env.sim))
-        if goal is None:
-            return
-        msg = PoseStamped()
-        msg.header.stamp, msg.header.frame_id = self.now_msg(self.backend.snapshot()), BASE_FRAME
-        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in goal[0])
-        o = msg.pose.orientation
-        o.x, o.y, o.z, o.w = (float(v) for v in yaw_quat(goal[1]))
-        self.goal_pub.publish(msg)
+        goal = self.cell.task_goal()
+        if goal is not None:
+            stamp = self.stamp_ns(self.backend.snapshot())
+            self.goal_pub.publish(vocab.pose_msg(ros_message, stamp, goal[0], yaw_quat(goal[1])))
 
     def on_recover(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         try:
             response.message = self.backend.recover()
-            response.success = True
+            response.success = not self.backend.fault()
         except RuntimeError as exc:
             response.success, response.message = False, f"recovery failed: {exc}"
+        self.publish_status()
         return response
 
-    def publish_diagnostics(self) -> None:
-        """Control-loop health: the real loop's period statistics and faults; rejected targets for both."""
-        status = DiagnosticStatus(name="franka_driver: control loop", hardware_id=self.config.backend)
-        values = {"holding": str(self.backend.snapshot().holding)}
-        status.level, status.message = DiagnosticStatus.OK, "running"
-        if self.simulated:
-            values["rejected_targets"] = str(self.backend.sim.controller.safety.rejected)
-            values["sim_time_s"] = f"{self.backend.sim.time:.3f}"
-        else:
-            phase = self.backend.phase()
-            stats = self.backend.loop_stats()
-            values.update(
-                phase=phase,
-                period_p50_ms=f"{stats.period_p50_ms:.3f}",
-                period_p99_ms=f"{stats.period_p99_ms:.3f}",
-                period_max_ms=f"{stats.period_max_ms:.3f}",
-                lost_cycles=str(stats.lost_cycles),
-                command_success_rate=f"{stats.command_success_rate:.4f}",
-                aborts=str(stats.aborts),
-                rejected_targets=str(stats.rejected_targets),
-                last_error=stats.last_error,
-            )
-            if phase != "running":
-                status.level, status.message = DiagnosticStatus.ERROR, f"{phase}: {stats.last_error} (call ~/recover)"
-                self.get_logger().error(f"control loop {status.message}", throttle_duration_sec=5.0)
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics_pub.publish(array)
-
-    def publish_image(self, snapshot: ArmSnapshot) -> None:
-        image = self.backend.image()
-        msg = Image(height=image.shape[0], width=image.shape[1], encoding="rgb8", step=3 * image.shape[1])
-        msg.header.stamp, msg.header.frame_id = self.now_msg(snapshot), CAMERA_FRAME
-        msg.data = image.tobytes()
-        self.image_pub.publish(msg)
+    def on_diagnostics(self) -> None:
+        """Control-loop health: the backend's figures, the phase, and what to do about a fault."""
+        fault = self.backend.fault()
+        values = {"holding": str(self.backend.snapshot().holding), **self.backend.diagnostics()}
+        level, message = ("error", f"{fault} (call ~/recover)") if fault else ("ok", "running")
+        self.publish_diagnostics("control loop", level, message, values)
+        self.publish_status(force=True)
 
     def publish_markers(self) -> None:
         snapshot = self.backend.snapshot()
-        now = self.now_msg(snapshot)
-        markers = MarkerArray(
-            markers=[
-                workspace_box_marker(
-                    self.config.safety.workspace_min, self.config.safety.workspace_max, now, "workspace"
-                ),
-                self.wrench_marker(now, snapshot),
-            ]
-        )
+        now = vocab.header(ros_message, self.stamp_ns(snapshot), "").stamp
+        safety = self.config.safety
+        markers = [workspace_box_marker(safety.workspace_min, safety.workspace_max, now, "workspace"),
+                   self.wrench_marker(now, snapshot)]  # fmt: skip
         if self.target is not None:
             target = Marker(ns="target", id=0, type=Marker.SPHERE, action=Marker.ADD)
-            target.header.stamp, target.header.frame_id = now, BASE_FRAME
+            target.header.stamp, target.header.frame_id = now, vocab.BASE_FRAME
             target.pose = self.target.pose
             target.scale.x = target.scale.y = target.scale.z = 0.02
             target.color.r, target.color.g, target.color.a = 1.0, 0.6, 0.9
-            markers.markers.append(target)
-        self.marker_pub.publish(markers)
+            markers.append(target)
+        self.marker_pub.publish(MarkerArray(markers=markers))
 
-    def wrench_marker(self, now: Time, snapshot: ArmSnapshot) -> Marker:
+    def wrench_marker(self, now, snapshot: ArmSnapshot) -> Marker:
+        """The force on the tool as an arrow from the tool tip, 1 cm per N, in the base frame."""
         arrow = Marker(ns="wrench", id=0, type=Marker.ARROW, action=Marker.ADD)
-        arrow.header.stamp, arrow.header.frame_id = now, BASE_FRAME
+        arrow.header.stamp, arrow.header.frame_id = now, vocab.BASE_FRAME
         arrow.pose.orientation.w = 1.0
-        force = self.wrench_in_base(snapshot)[:3] * 0.01  # 1 cm per N, drawn from the tool tip
         tip = snapshot.position
-        end = tip + force
+        end = tip + 0.01 * wrench_in_base(snapshot)[:3]
         arrow.points = [Point(x=tip[0], y=tip[1], z=tip[2]), Point(x=end[0], y=end[1], z=end[2])]
         arrow.scale.x, arrow.scale.y, arrow.scale.z = 0.005, 0.01, 0.01
         arrow.color.r, arrow.color.a = 1.0, 0.9
         return arrow
-
-    @staticmethod
-    def wrench_in_base(snapshot: ArmSnapshot) -> np.ndarray:
-        """The wrench rotated into the base frame (both backends report it in a frame aligned with the tool)."""
-        rotation = quat_to_matrix(snapshot.orientation)
-        return np.concatenate([rotation @ snapshot.wrench[:3], rotation @ snapshot.wrench[3:]])
 
     def destroy_node(self) -> None:
         self.backend.stop()
         super().destroy_node()
 
 
+def wrench_in_base(snapshot: ArmSnapshot) -> np.ndarray:
+    """The wrench rotated into the base frame (both backends report it in a frame aligned with the tool)."""
+    rotation = quat_to_matrix(snapshot.orientation)
+    return np.concatenate([rotation @ snapshot.wrench[:3], rotation @ snapshot.wrench[3:]])
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_node("franka_driver", FrankaDriverNode, argv, startup_errors=(RuntimeError, TimeoutError))
+    return run_node(vocab.DRIVER_NODE, FrankaDriverNode, argv, startup_errors=(RuntimeError, TimeoutError))
 
 
 if __name__ == "__main__":

@@ -363,8 +363,13 @@ def _loop_main(shared: _Shared, config: LibfrankaConfig, impedance: ImpedanceCon
 # The parent side.
 
 
+RETURN_TOLERANCE = 0.002  # m: ``reset`` is done this close to the start pose
+
+
 class LibfrankaArm:
     """ArmBackend for a real Franka (or franka-sim): see the module docstring for the process model."""
+
+    name = "libfranka"
 
     def __init__(self, config: LibfrankaConfig, impedance: ImpedanceConfig, safety: SafetyConfig):
         config.check()
@@ -377,6 +382,8 @@ class LibfrankaArm:
         self._target_id = 0
         self._shared: _Shared | None = None
         self._process: mp.process.BaseProcess | None = None
+        self._start_pose: tuple[np.ndarray, np.ndarray] | None = None  # where ``reset`` returns the arm
+        self._returning = False
 
     def __enter__(self) -> LibfrankaArm:
         self.start()
@@ -418,6 +425,8 @@ class LibfrankaArm:
             reason = shared.message or f"the loop process exited with code {process.exitcode}"
             self.stop()
             raise RuntimeError(f"libfranka backend, robot at {self.config.robot_ip}: {reason}")
+        start = self.snapshot()
+        self._start_pose = (start.position.copy(), start.orientation.copy())
 
     @property
     def loop_pid(self) -> int | None:
@@ -429,7 +438,28 @@ class LibfrankaArm:
             raise RuntimeError("LibfrankaArm: call start() first")
         return self._shared
 
+    def advance(self, wall_seconds: float) -> list[ArmSnapshot]:
+        """The arm runs by itself: its latest state. While returning to the start pose (``reset``), the start
+        pose is streamed as the target, so the watchdog stays quiet, until the arm is there."""
+        snapshot = self.snapshot()
+        if self._returning:
+            self._returning = np.linalg.norm(snapshot.position - self._start_pose[0]) > RETURN_TOLERANCE
+            if self._returning:
+                self._send_target(*self._start_pose)
+        return [snapshot]
+
+    def reset(self) -> str:
+        """Move back to the pose the arm had at start-up, through the safety filter (speed and leash limits)."""
+        self._require()
+        self._returning = True
+        position = ", ".join(f"{v:.3f}" for v in self._start_pose[0])
+        return f"returning to the start pose ({position}) m"
+
     def set_target(self, position: np.ndarray, orientation: np.ndarray) -> bool:
+        self._returning = False
+        return self._send_target(position, orientation)
+
+    def _send_target(self, position: np.ndarray, orientation: np.ndarray) -> bool:
         shared = self._require()
         with self._target_lock:
             # The loop's SafetyFilter applies the same rule; checking here lets set_target answer at once.
@@ -490,6 +520,26 @@ class LibfrankaArm:
         if self._process is not None and not self._process.is_alive() and phase != STOPPED:
             return "failed"  # the loop died without reporting (e.g. killed)
         return _PHASE_NAMES[phase]
+
+    def fault(self) -> str:
+        phase = self.phase()
+        if phase == "running":
+            return ""
+        return f"{phase}: {self._require().message or 'no message from the loop'}"
+
+    def diagnostics(self) -> dict[str, str]:
+        stats = self.loop_stats()
+        return {
+            "phase": self.phase(),
+            "period_p50_ms": f"{stats.period_p50_ms:.3f}",
+            "period_p99_ms": f"{stats.period_p99_ms:.3f}",
+            "period_max_ms": f"{stats.period_max_ms:.3f}",
+            "lost_cycles": str(stats.lost_cycles),
+            "command_success_rate": f"{stats.command_success_rate:.4f}",
+            "aborts": str(stats.aborts),
+            "rejected_targets": str(stats.rejected_targets),
+            "last_error": stats.last_error,
+        }
 
     def recover(self) -> str:
         shared = self._require()

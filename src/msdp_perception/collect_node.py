@@ -28,22 +28,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from geometry_msgs.msg import PoseStamped, TwistStamped
+from geometry_msgs.msg import PoseStamped
 from rclpy.clock import Clock, ClockType
-from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
-from msdp.config import ConfigError, param_range
-from msdp.ros_node import run_node
-from msdp.ros_params import declare_config
-from msdp_franka_driver.fr3_model import BASE_FRAME
-from msdp_franka_driver.tasks import TASKS, TaskConfig, target_after
-from msdp_perception.messages import stamp_nanoseconds
+from msdp import vocabulary as vocab
+from msdp.config import param_range
+from msdp.node import MsdpNode, ros_message, run_node
+from msdp.vocabulary import stamp_nanoseconds
+from msdp_policy.tasks import TaskConfig, action_spec, target_after
 
-RESET_SERVICE = "/franka_driver/reset"
-POSE_TOPIC, IMAGE_TOPIC = "/franka/ee_pose", "/camera/image_raw"
+RESET_SERVICE = vocab.driver_service(f"/{vocab.DRIVER_NODE}", vocab.RESET_SERVICE)
+POSE_TOPIC, IMAGE_TOPIC = vocab.EE_POSE.name, vocab.IMAGE.name
 REST_TOLERANCE = 0.001  # m per control period: the arm is at rest when it moves less
 
 
@@ -59,30 +56,11 @@ class CollectorConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
 
 
-def pose_position(msg: PoseStamped) -> np.ndarray:
-    p = msg.pose.position
-    return np.array([p.x, p.y, p.z])
-
-
-def action_message(action: np.ndarray, config: TaskConfig, stamp) -> TwistStamped:
-    """The commanded displacement of a normalised action, as ``target_after`` applies it."""
-    msg = TwistStamped()
-    msg.header.stamp, msg.header.frame_id = stamp, BASE_FRAME
-    msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = map(float, config.max_step * action[:3])
-    msg.twist.angular.z = float(config.max_yaw_step * action[3]) if action.shape[0] > 3 else 0.0
-    return msg
-
-
-class CollectorNode(Node):
+class CollectorNode(MsdpNode):
     def __init__(self):
-        super().__init__("collector")
-        try:
-            self.config = declare_config(self, CollectorConfig)
-        except ConfigError:
-            super().destroy_node()
-            raise
+        super().__init__("collector", CollectorConfig)
         task = self.config.task
-        self.action_dim = TASKS[task.name].action_dim
+        self.action_spec = action_spec(task)
         self.rng = np.random.default_rng(self.config.seed)
         self.control_period_ns = int(1e9 / task.control_rate)
         self.pose: PoseStamped | None = None
@@ -96,11 +74,10 @@ class CollectorNode(Node):
         self.exit_code: int | None = None
         self.heard = dict.fromkeys((POSE_TOPIC, IMAGE_TOPIC), time.monotonic())  # wall time of the last message
 
-        self.create_subscription(PoseStamped, POSE_TOPIC, self.on_pose, qos_profile_sensor_data)
-        self.create_subscription(Image, IMAGE_TOPIC, self.on_image, qos_profile_sensor_data)
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.target_pub = self.create_publisher(PoseStamped, "/franka/equilibrium_pose", reliable)
-        self.action_pub = self.create_publisher(TwistStamped, "/msdp/action", reliable)
+        self.subscription(vocab.EE_POSE, self.on_pose)
+        self.subscription(vocab.IMAGE, self.on_image)
+        self.target_pub = self.publisher(vocab.EQUILIBRIUM_POSE)
+        self.action_pub = self.publisher(vocab.ACTION)
         self.reset_client = self.create_client(Trigger, RESET_SERVICE)
         self.create_timer(1.0 / task.control_rate, self.on_tick)
         # Wall-clock watchdog: with use_sim_time a dead driver also stops the clock, so the tick never comes.
@@ -150,25 +127,17 @@ class CollectorNode(Node):
             return False
         if stamp_nanoseconds(self.pose.header) < self.scene_start_ns:
             return False
-        position = pose_position(self.pose)
+        position, _ = vocab.pose_arrays(self.pose)
         previous, self.rest_position = self.rest_position, position
         return previous is not None and np.linalg.norm(position - previous) < REST_TOLERANCE
 
     def act(self) -> None:
         task = self.config.task
-        action = self.rng.uniform(-1.0, 1.0, self.action_dim) * self.config.action_scale
-        o = self.pose.pose.orientation
-        target_position, target_orientation = target_after(
-            pose_position(self.pose), np.array([o.x, o.y, o.z, o.w]), action, task
-        )
-        target = PoseStamped()
-        target.header.stamp, target.header.frame_id = self.get_clock().now().to_msg(), BASE_FRAME
-        target.pose.position.x, target.pose.position.y, target.pose.position.z = map(float, target_position)
-        q = target.pose.orientation
-        q.x, q.y, q.z, q.w = map(float, target_orientation)
-        self.target_pub.publish(target)
-        self.action_pub.publish(action_message(action, task, self.pose.header.stamp))
+        action = self.rng.uniform(-1.0, 1.0, self.action_spec.dim) * self.config.action_scale
+        target = target_after(*vocab.pose_arrays(self.pose), action, self.action_spec)
         self.acted_on_ns = stamp_nanoseconds(self.pose.header)
+        self.target_pub.publish(vocab.pose_msg(ros_message, self.now_ns(), *target))
+        self.action_pub.publish(vocab.twist_msg(ros_message, self.acted_on_ns, *self.action_spec.displacement(action)))
         self.steps += 1
         if self.steps >= task.max_episode_steps:
             self.phase = "settling"

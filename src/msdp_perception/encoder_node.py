@@ -21,27 +21,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import WrenchStamped
-from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 
+from msdp import vocabulary as vocab
 from msdp.config import ConfigError, param_range
-from msdp.ros_node import run_node
-from msdp.ros_params import declare_config
+from msdp.node import MsdpNode, ros_message, run_node
+from msdp.vocabulary import stamp_seconds
 from msdp_perception.checkpoint import CheckpointError
 from msdp_perception.encoder import FrozenEncoder, pack_embedding
-from msdp_perception.messages import (
-    SensorDataError,
-    image_from_msg,
-    proprio_from_joint_state,
-    stamp_seconds,
-    wrench_from_msg,
-)
+from msdp_perception.messages import SensorDataError, image_from_msg, proprio_from_joint_state
 from msdp_perception.observation import MODALITIES, Observation, SensorSynchronizer, SyncConfig
-
-EMBEDDING_FRAME = "msdp_embedding"
 
 
 @dataclass(frozen=True)
@@ -50,9 +40,9 @@ class EncoderNodeConfig:
     rate: float = field(default=10.0, metadata=param_range(0.1, 100.0, "Hz, observations encoded"))
     reconstruction_rate: float = field(default=1.0, metadata=param_range(0.0, 30.0, "Hz, rviz preview; 0 = off"))
     threads: int = field(default=1, metadata=param_range(1, 64, "torch CPU threads (leave cores to other nodes)"))
-    image_topic: str = "/camera/image_raw"
-    wrench_topic: str = "/ft_sensor/wrench"
-    joint_topic: str = "/joint_states"
+    image_topic: str = vocab.IMAGE.name
+    wrench_topic: str = vocab.WRENCH.name
+    joint_topic: str = vocab.JOINT_STATES.name
     sync: SyncConfig = field(default_factory=SyncConfig)
 
     def check(self, prefix: str = "") -> None:
@@ -60,22 +50,12 @@ class EncoderNodeConfig:
             raise ConfigError(f"parameter '{prefix}checkpoint' is required (an encoder from `msdp pretrain`)")
 
 
-def image_msg(array: np.ndarray, encoding: str, stamp, frame_id: str) -> Image:
-    array = np.ascontiguousarray(array)
-    msg = Image(height=array.shape[0], width=array.shape[1], encoding=encoding, is_bigendian=0)
-    msg.header.stamp, msg.header.frame_id = stamp, frame_id
-    msg.step = array.strides[0]
-    msg.data = array.tobytes()
-    return msg
-
-
-class EncoderNode(Node):
+class EncoderNode(MsdpNode):
     def __init__(self):
-        super().__init__("msdp_encoder")
+        super().__init__("msdp_encoder", EncoderNodeConfig)
         try:
-            self.config = declare_config(self, EncoderNodeConfig)
             self.encoder = FrozenEncoder.load(self.config.checkpoint)
-        except (ConfigError, CheckpointError):
+        except CheckpointError:
             super().destroy_node()
             raise
         model = self.encoder.config
@@ -94,17 +74,15 @@ class EncoderNode(Node):
         self.bad_messages: dict[str, str] = {}
 
         c = self.config
-        self.create_subscription(Image, c.image_topic, self.on_image, qos_profile_sensor_data)
-        self.create_subscription(WrenchStamped, c.wrench_topic, self.on_wrench, qos_profile_sensor_data)
-        self.create_subscription(JointState, c.joint_topic, self.on_joints, qos_profile_sensor_data)
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.embedding_pub = self.create_publisher(Image, "/msdp/embedding", reliable)
-        self.reconstruction_pub = self.create_publisher(Image, "/msdp/reconstruction", 1)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.subscription(vocab.IMAGE, self.on_image, c.image_topic)
+        self.subscription(vocab.WRENCH, self.on_wrench, c.wrench_topic)
+        self.subscription(vocab.JOINT_STATES, self.on_joints, c.joint_topic)
+        self.embedding_pub = self.publisher(vocab.EMBEDDING)
+        self.reconstruction_pub = self.publisher(vocab.RECONSTRUCTION)
         self.create_timer(1.0 / c.rate, self.on_tick)
         if c.reconstruction_rate > 0:
             self.create_timer(1.0 / c.reconstruction_rate, self.on_reconstruction)
-        self.create_timer(1.0, self.publish_diagnostics)
+        self.create_timer(1.0, self.on_diagnostics)
         self.get_logger().info(f"encoder up: {c.checkpoint}, {model.n_tokens} tokens x {model.width}, {c.rate} Hz")
 
     # -- sensor callbacks: decode, or remember why a message was refused ----------------------------
@@ -124,7 +102,7 @@ class EncoderNode(Node):
 
     def on_wrench(self, msg: WrenchStamped) -> None:
         self._decode(
-            self.config.wrench_topic, lambda: self.sync.add_wrench(stamp_seconds(msg.header), wrench_from_msg(msg))
+            self.config.wrench_topic, lambda: self.sync.add_wrench(stamp_seconds(msg.header), vocab.wrench_array(msg))
         )
 
     def on_joints(self, msg: JointState) -> None:
@@ -146,7 +124,7 @@ class EncoderNode(Node):
         started = time.perf_counter()
         rows = pack_embedding(self.encoder.encode(observation))
         self.latencies.append(time.perf_counter() - started)
-        self.embedding_pub.publish(image_msg(rows, "32FC1", now.to_msg(), EMBEDDING_FRAME))
+        self.embedding_pub.publish(vocab.image_msg(ros_message, now.nanoseconds, rows, "32FC1", vocab.EMBEDDING_FRAME))
         self.published += 1
         self.last_observation = observation
 
@@ -155,22 +133,21 @@ class EncoderNode(Node):
         if observation is None or not observation.present["vision"]:
             return
         panel = self.encoder.reconstruction_panel(observation, seed=self.published)
-        self.reconstruction_pub.publish(image_msg(panel, "rgb8", self.get_clock().now().to_msg(), EMBEDDING_FRAME))
+        self.reconstruction_pub.publish(
+            vocab.image_msg(ros_message, self.now_ns(), panel, "rgb8", vocab.EMBEDDING_FRAME)
+        )
 
-    def publish_diagnostics(self) -> None:
-        status = DiagnosticStatus(name="msdp_encoder: sensors", hardware_id="msdp_encoder")
+    def on_diagnostics(self) -> None:
         problems = {**{m: f"masked ({r})" for m, r in self.masked_reasons.items()}, **self.bad_messages}
-        status.level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
-        status.message = "; ".join(f"{k}: {v}" for k, v in problems.items()) or "all sensors present"
+        message = "; ".join(f"{k}: {v}" for k, v in problems.items()) or "all sensors present"
         latency = np.array(self.latencies) * 1e3 if self.latencies else np.zeros(1)
-        status.values = [KeyValue(key=f"{m}_masked", value=str(m in self.masked_reasons)) for m in MODALITIES] + [
-            KeyValue(key="embeddings_published", value=str(self.published)),
-            KeyValue(key="encode_ms_p50", value=f"{np.percentile(latency, 50):.2f}"),
-            KeyValue(key="encode_ms_p99", value=f"{np.percentile(latency, 99):.2f}"),
-        ]
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics_pub.publish(array)
+        values = {
+            **{f"{m}_masked": str(m in self.masked_reasons) for m in MODALITIES},
+            "embeddings_published": str(self.published),
+            "encode_ms_p50": f"{np.percentile(latency, 50):.2f}",
+            "encode_ms_p99": f"{np.percentile(latency, 99):.2f}",
+        }
+        self.publish_diagnostics("sensors", "warn" if problems else "ok", message, values)
 
 
 def main(argv: list[str] | None = None) -> int:

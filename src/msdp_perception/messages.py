@@ -1,7 +1,8 @@
-"""Sensor messages to arrays, for rclpy messages and rosbags messages alike (same field names, no ROS import).
+"""Sensor messages to model inputs, for rclpy messages and rosbags messages alike (same field names, no ROS
+import): the image and joint-state preprocessing, with the model's checks on what it accepts.
 
 Used by the encoder node (live topics) and by ``BagDataset`` (recorded topics), so a recording and a live
-stream are decoded by the same code.
+stream are decoded by the same code. Plain conversions (stamps, poses, wrenches) are in ``msdp.vocabulary``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from msdp_franka_driver.fr3_model import JOINT_NAMES
+from msdp.vocabulary import JOINT_NAMES
 
 # encoding -> (channels, cv2 conversion to RGB or None)
 _ENCODINGS = {
@@ -25,14 +26,6 @@ _ENCODINGS = {
 
 class SensorDataError(ValueError):
     """A message that cannot be turned into an observation (unknown encoding, wrong joints, bad size)."""
-
-
-def stamp_seconds(header: Any) -> float:
-    return header.stamp.sec + header.stamp.nanosec * 1e-9
-
-
-def stamp_nanoseconds(header: Any) -> int:
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
 def image_from_msg(msg: Any, size: int) -> np.ndarray:
@@ -61,12 +54,6 @@ def image_from_msg(msg: Any, size: int) -> np.ndarray:
             raise SensorDataError(f"image is {width}x{height}; the model needs a square {size}x{size} image")
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(image)
-
-
-def wrench_from_msg(msg: Any) -> np.ndarray:
-    """A geometry_msgs/WrenchStamped as (fx, fy, fz, tx, ty, tz) float32 (may be non-finite: the sync masks it)."""
-    f, t = msg.wrench.force, msg.wrench.torque
-    return np.array([f.x, f.y, f.z, t.x, t.y, t.z], dtype=np.float32)
 
 
 def proprio_from_joint_state(msg: Any, joint_names: tuple[str, ...] = JOINT_NAMES) -> np.ndarray:

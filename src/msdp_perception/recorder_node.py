@@ -11,34 +11,21 @@ readable up to the last flush (``recover_bag``).
 
 from __future__ import annotations
 
-import importlib
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from rclpy.clock import Clock, ClockType
-from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.topic_endpoint_info import TopicEndpointInfo
 
+from msdp import vocabulary as vocab
 from msdp.config import ConfigError, param_range
-from msdp.ros_node import run_node
-from msdp.ros_params import declare_config
+from msdp.node import MsdpNode, message_class, run_node
 from msdp_perception.bags import BagError, BagWriter
 
-DEFAULT_TOPICS = (
-    "/camera/image_raw",
-    "/ft_sensor/wrench",
-    "/joint_states",
-    "/franka/ee_pose",
-    "/franka/equilibrium_pose",
-    "/msdp/action",
-    "/msdp/embedding",
-    "/msdp/task_goal",
-    "/msdp/reward",
-)
+DEFAULT_TOPICS = tuple(topic.name for topic in vocab.RECORDED)
 QUEUE_DEPTH = 100  # messages per topic held between executor turns; a burst beyond it is dropped
 
 
@@ -67,15 +54,6 @@ class RecorderConfig:
         return Path(self.output) if self.output else Path("bags") / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def message_class(msgtype: str) -> Any:
-    """The rclpy message class for a type name like ``sensor_msgs/msg/Image`` (ImportError if not installed)."""
-    module, _, name = msgtype.replace("/", ".").rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        raise ImportError(f"the Python message type {msgtype} is not installed here") from None
-
-
 def matching_qos(publishers: list[TopicEndpointInfo]) -> QoSProfile:
     """A subscription QoS every publisher matches: a reliable reader does not match a best-effort writer, a
     transient-local reader (which also gets a latched topic's last message, e.g. /msdp/task_goal) only matches
@@ -87,11 +65,10 @@ def matching_qos(publishers: list[TopicEndpointInfo]) -> QoSProfile:
     return QoSProfile(depth=QUEUE_DEPTH, reliability=reliability, durability=durability)
 
 
-class RecorderNode(Node):
+class RecorderNode(MsdpNode):
     def __init__(self):
-        super().__init__("recorder")
+        super().__init__("recorder", RecorderConfig)
         try:
-            self.config = declare_config(self, RecorderConfig)
             self.path = self.config.output_path()
             if self.path.exists():
                 raise ConfigError(f"parameter 'output': {self.path} already exists; a recording needs a new folder")

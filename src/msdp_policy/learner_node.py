@@ -18,18 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from rclpy.node import Node
 from std_msgs.msg import MultiArrayDimension, UInt8MultiArray
 
+from msdp import vocabulary as vocab
 from msdp.config import ConfigError, param_range, to_dict
-from msdp.ros_node import run_node
-from msdp.ros_params import declare_config
-from msdp_franka_driver.tasks import TaskConfig
+from msdp.node import MsdpNode, run_node
+from msdp_perception.checkpoint import CheckpointError
 from msdp_policy.agent import AgentConfig, SACAgent
 from msdp_policy.learner import Learner, actor_to_bytes
 from msdp_policy.policy import PolicyInfo, save_policy
-from msdp_policy.policy_node import LATCHED
 from msdp_policy.replay import Replay
+from msdp_policy.tasks import TaskConfig
 from msdp_policy.transition_log import SCHEMA_FILE, TransitionLogError, TransitionReader
 
 
@@ -49,14 +48,9 @@ class LearnerNodeConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
 
 
-class LearnerNode(Node):
+class LearnerNode(MsdpNode):
     def __init__(self):
-        super().__init__("msdp_learner")
-        try:
-            self.config = declare_config(self, LearnerNodeConfig)
-        except ConfigError:
-            super().destroy_node()
-            raise
+        super().__init__("msdp_learner", LearnerNodeConfig)
         torch.set_num_threads(self.config.threads)
         torch.manual_seed(self.config.seed)
         self.learner: Learner | None = None
@@ -64,7 +58,7 @@ class LearnerNode(Node):
         self.exit_code: int | None = None
         self.published_at = -1
         self.saved_at = 0
-        self.weights_pub = self.create_publisher(UInt8MultiArray, "/msdp/actor_weights", LATCHED)
+        self.weights_pub = self.publisher(vocab.ACTOR_WEIGHTS)
         self.create_timer(0.02, self.on_tick)
         self.get_logger().info(f"learner up: log {self.config.transitions}, checkpoints in {self.config.out}")
 
@@ -98,7 +92,7 @@ class LearnerNode(Node):
             try:
                 if not self.start():
                     return
-            except (ConfigError, TransitionLogError) as exc:
+            except (ConfigError, TransitionLogError, CheckpointError) as exc:
                 self.get_logger().error(f"cannot learn from {self.config.transitions}: {exc}")
                 self.exit_code = 2
                 return

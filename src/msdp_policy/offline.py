@@ -15,21 +15,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from msdp import vocabulary as vocab
+from msdp.vocabulary import stamp_nanoseconds
 from msdp_franka_driver.pose import quat_yaw
-from msdp_franka_driver.tasks import TaskConfig, make_task
 from msdp_perception.bags import BagError, BagReader
 from msdp_perception.checkpoint import load_encoder
 from msdp_perception.dataset import BagDataset, find_bags
-from msdp_perception.messages import stamp_nanoseconds
 from msdp_policy.replay import embedding_record, transition_schema
+from msdp_policy.tasks import TaskConfig, action_spec, make_task
 from msdp_policy.transition_log import TransitionWriter
 
-POSE_TOPIC, GOAL_TOPIC = "/franka/ee_pose", "/msdp/task_goal"
+POSE_TOPIC, GOAL_TOPIC = vocab.EE_POSE.name, vocab.TASK_GOAL.name
 
 
 def _pose_array(msg) -> np.ndarray:
-    p, o = msg.pose.position, msg.pose.orientation
-    return np.array([p.x, p.y, p.z, o.x, o.y, o.z, o.w])
+    return np.concatenate(vocab.pose_arrays(msg))
 
 
 def poses_and_goals(bag: Path, stamps_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +68,7 @@ def offline_log_from_bags(
     model, _ = load_encoder(encoder_checkpoint)
     model.eval()
     task_code = make_task(task.name)
-    scale = np.array([task.max_step] * 3 + [task.max_yaw_step])[: task_code.action_dim]
+    spec = action_spec(task)
     schema = transition_schema("msdp_frozen", model.config, task_code.action_dim)
     if (out / "transitions.log").exists():
         raise FileExistsError(f"{out} already holds a transition log; choose a new folder")
@@ -94,7 +94,7 @@ def offline_log_from_bags(
                 goal = goals[i]
                 goal_state = task_code.state_from_goal(goal[:3], quat_yaw(goal[3:]))
                 score = task_code.score_state(poses[following, :3], poses[following, 3:], goal_state)
-                action = np.clip(data.actions[i][: task_code.action_dim] / scale, -1.0, 1.0)
+                action = spec.normalised(data.actions[i][:3], data.actions[i][3])
                 writer.append({
                     **fields, "episode": np.int64(episode), "action": action.astype(np.float32),
                     "reward": np.float32(score.reward), "terminal": np.bool_(score.success), "final": np.bool_(False),

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from msdp_franka_driver.tasks import TaskConfig, make_task, target_after
 from msdp_perception.encoder import unpack_embedding
 from msdp_policy.agent import Actor
 from msdp_policy.replay import embedding_record
+from msdp_policy.tasks import TaskConfig, action_spec, make_task, target_after
 from msdp_policy.transition_log import TransitionWriter
 
 
@@ -46,7 +46,7 @@ class OnlineEpisodes:
         random_steps: int = 0,
         seed: int = 0,
     ):
-        self.task_config, self.task = task, make_task(task.name)
+        self.task_config, self.task, self.action_spec = task, make_task(task.name), action_spec(task)
         self.low, self.high = np.array(workspace[0]), np.array(workspace[1])
         self.writer, self.actor = writer, actor
         self.deterministic, self.random_steps = deterministic, random_steps
@@ -67,6 +67,12 @@ class OnlineEpisodes:
     def start_episode(self, goal_state: dict[str, np.ndarray]) -> None:
         self.episode, self.next_episode = self.next_episode, self.next_episode + 1
         self.goal_state, self.pending, self.steps = goal_state, None, 0
+
+    def abort(self) -> None:
+        """End the running episode without scoring or logging its last step (the arm stopped under it: no
+        transition may cross the stop). Its logged steps stay; the last one has no successor, so it is never
+        sampled."""
+        self.episode, self.pending = None, None
 
     def _record(self, embedding: dict[str, np.ndarray], action: np.ndarray, reward: float, terminal: bool, final: bool):
         self.writer.append({
@@ -94,7 +100,7 @@ class OnlineEpisodes:
                 self.episode, self.pending = None, None
                 return StepResult(None, reward, episode_done=True, success=score.success)
         action = self.choose_action(encoded.pooled)
-        target_position, target_orientation = target_after(position, orientation, action, self.task_config)
+        target_position, target_orientation = target_after(position, orientation, action, self.action_spec)
         self.pending = (embedding, action)
         return StepResult((np.clip(target_position, self.low, self.high), target_orientation), reward, action=action)
 

@@ -2,7 +2,8 @@
 
 subscribes  /msdp/embedding (sensor_msgs/Image 32FC1, the encoder's packed rows), /franka/ee_pose,
             /msdp/task_goal (latched; the simulated driver publishes it at every reset), /msdp/actor_weights
-            (std_msgs/UInt8MultiArray, latched: a safetensors blob of actor weights from the learner)
+            (std_msgs/UInt8MultiArray, latched: a safetensors blob of actor weights from the learner),
+            /franka/status (std_msgs/String, latched: the driver's "running" or its fault)
 publishes   /franka/equilibrium_pose (the target: current pose + the actor's displacement, in the workspace box),
             /msdp/action (geometry_msgs/TwistStamped: the displacement, stamped with the embedding it acts on,
             as the recorder and MSDP-P pretraining expect), /msdp/reward (std_msgs/Float32, per step),
@@ -11,7 +12,9 @@ publishes   /franka/equilibrium_pose (the target: current pose + the actor's dis
 calls       <driver>/reset (std_srvs/Trigger) between episodes
 The episode logic is ``msdp_policy.online``; transitions go to the durable log in ``transitions``, which a
 restarted node resumes. New actor weights replace the old ones between two steps; when the learner is gone
-the node keeps acting with the last weights it got.
+the node keeps acting with the last weights it got. While the driver reports a fault the node pauses: the
+running episode is aborted (no action, no logged transition across the fault), and it resumes with a reset
+after the driver's ``~/recover``.
 """
 
 from __future__ import annotations
@@ -22,34 +25,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from geometry_msgs.msg import PoseStamped, TwistStamped
-from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import Image
-from std_msgs.msg import Bool, Float32, UInt8MultiArray
+from std_msgs.msg import Bool, Float32, String, UInt8MultiArray
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
+from msdp import vocabulary as vocab
 from msdp.config import ConfigError, param_range
 from msdp.markers import workspace_box_marker
-from msdp.ros_node import run_node
-from msdp.ros_params import declare_config
-from msdp_franka_driver.control_law import SafetyConfig
-from msdp_franka_driver.fr3_model import BASE_FRAME
+from msdp.node import MsdpNode, ros_message, run_node
+from msdp.vocabulary import pose_arrays, stamp_seconds
+from msdp_franka_driver.control_law import SafetyConfig, check_box
 from msdp_franka_driver.pose import quat_yaw, yaw_quat
-from msdp_franka_driver.tasks import TaskConfig, make_task
 from msdp_perception.checkpoint import CheckpointError
-from msdp_perception.collect_node import action_message
-from msdp_perception.messages import stamp_seconds
 from msdp_perception.model import MSDPConfig
 from msdp_policy.agent import Actor, AgentConfig
-from msdp_policy.learner import actor_from_bytes
+from msdp_policy.learner import ActorWeightsGate, WeightsRefused
 from msdp_policy.online import OnlineEpisodes
 from msdp_policy.policy import load_policy
 from msdp_policy.replay import transition_schema
+from msdp_policy.tasks import TaskConfig, make_task
 from msdp_policy.transition_log import TransitionLogError, TransitionWriter
-
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,7 @@ class PolicyNodeConfig:
     goal: tuple[float, float, float, float] = field(
         default=(0.0, 0.0, 0.0, 0.0), metadata={"doc": "real cell: goal x y z (m) yaw (rad); zeros = /msdp/task_goal"}
     )
-    driver: str = field(default="/franka_driver", metadata={"doc": "driver node name (its ~/reset service)"})
+    driver: str = field(default=f"/{vocab.DRIVER_NODE}", metadata={"doc": "driver node name (its ~/reset service)"})
     durable: bool = field(default=True, metadata={"doc": "fsync every logged transition"})
     seed: int = field(default=0, metadata=param_range(0, 2**31 - 1))
     width: int = field(default=128, metadata=param_range(8, 2048, "embedding width (fresh actor)"))
@@ -75,17 +72,15 @@ class PolicyNodeConfig:
     )
     workspace_max: tuple[float, float, float] = field(default=SafetyConfig.workspace_max, metadata={"doc": "m"})
 
-
-def pose_arrays(msg: PoseStamped) -> tuple[np.ndarray, np.ndarray]:
-    p, o = msg.pose.position, msg.pose.orientation
-    return np.array([p.x, p.y, p.z]), np.array([o.x, o.y, o.z, o.w])
+    def check(self, prefix: str = "") -> None:
+        check_box(self.workspace_min, self.workspace_max, f"{prefix}workspace")
 
 
-class PolicyNode(Node):
+class PolicyNode(MsdpNode):
     def __init__(self):
-        super().__init__("msdp_policy")
+        super().__init__("msdp_policy", PolicyNodeConfig)
+        c = self.config
         try:
-            self.config = c = declare_config(self, PolicyNodeConfig)
             task = make_task(c.task.name)
             try:
                 task.state_from_goal(np.zeros(3), 0.0)
@@ -106,11 +101,14 @@ class PolicyNode(Node):
         except (ConfigError, CheckpointError):
             super().destroy_node()
             raise
+        self.driver_fault = ""  # what the driver reports on /franka/status; empty while it runs
+        self.aborted = 0
         self.n_tokens, self.width = model.n_tokens, model.width
         self.episodes = OnlineEpisodes(
             c.task, (c.workspace_min, c.workspace_max), writer, actor, c.deterministic, c.random_steps, c.seed
         )
         self.task = task
+        self.weights_gate = ActorWeightsGate(actor)
         self.actor_version = "initial" if not c.policy else c.policy
         self.pose: PoseStamped | None = None
         self.goal_state: dict[str, np.ndarray] | None = None
@@ -122,17 +120,17 @@ class PolicyNode(Node):
         self.ready_at: float | None = None
         self.exit_code: int | None = None
 
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.target_pub = self.create_publisher(PoseStamped, "/franka/equilibrium_pose", QoSProfile(depth=1))
-        self.reward_pub = self.create_publisher(Float32, "/msdp/reward", reliable)
-        self.success_pub = self.create_publisher(Bool, "/msdp/success", reliable)
-        self.action_pub = self.create_publisher(TwistStamped, "/msdp/action", reliable)
-        self.marker_pub = self.create_publisher(MarkerArray, "/msdp/markers", 1)
-        self.create_subscription(Image, "/msdp/embedding", self.on_embedding, reliable)
-        self.create_subscription(PoseStamped, "/franka/ee_pose", self.on_pose, qos_profile_sensor_data)
-        self.create_subscription(PoseStamped, "/msdp/task_goal", self.on_goal, LATCHED)
-        self.create_subscription(UInt8MultiArray, "/msdp/actor_weights", self.on_weights, LATCHED)
-        self.reset_client = self.create_client(Trigger, f"{c.driver}/reset")
+        self.target_pub = self.publisher(vocab.EQUILIBRIUM_POSE)
+        self.reward_pub = self.publisher(vocab.REWARD)
+        self.success_pub = self.publisher(vocab.SUCCESS)
+        self.action_pub = self.publisher(vocab.ACTION)
+        self.marker_pub = self.publisher(vocab.MARKERS)
+        self.subscription(vocab.EMBEDDING, self.on_embedding)
+        self.subscription(vocab.EE_POSE, self.on_pose)
+        self.subscription(vocab.TASK_GOAL, self.on_goal)
+        self.subscription(vocab.ACTOR_WEIGHTS, self.on_weights)
+        self.subscription(vocab.DRIVER_STATUS, self.on_driver_status)
+        self.reset_client = self.create_client(Trigger, vocab.driver_service(c.driver, vocab.RESET_SERVICE))
         self.create_timer(0.05, self.on_timer)
         self.get_logger().info(
             f"policy up: task {c.task.name}, log {c.transitions} ({writer.count} records), actor {self.actor_version}"
@@ -153,20 +151,40 @@ class PolicyNode(Node):
         self.goal_state = self.task.state_from_goal(position, quat_yaw(orientation))
         self.goal_stamp = stamp_seconds(msg.header)
 
+    def on_driver_status(self, msg: String) -> None:
+        """Pause while the driver reports a fault: the running episode is aborted (nothing is logged across the
+        fault, no action is sent), and the next episode starts with a reset once the driver runs again."""
+        fault = "" if msg.data == vocab.DRIVER_RUNNING else msg.data
+        if fault and not self.driver_fault:
+            self.get_logger().error(f"driver stopped ({fault}): pausing; call {self.config.driver}/recover")
+            if self.episodes.running:
+                self.episodes.abort()
+                self.aborted += 1
+                self.success_pub.publish(Bool(data=False))
+                self.get_logger().warning(f"episode aborted by the driver fault ({self.aborted} aborted so far)")
+            self.reset_future, self.ready_at = None, None
+        elif not fault and self.driver_fault:
+            self.get_logger().info("driver running again: resuming with a reset")
+        self.driver_fault = fault
+
     def on_weights(self, msg: UInt8MultiArray) -> None:
+        """Swap in checked weights (names, shapes, dtypes, finite values, a growing version); refused weights are
+        logged and the last good actor keeps acting (the topic is latched: a bad message must not kill the node
+        at every restart)."""
+        label = msg.layout.dim[0].label if msg.layout.dim else ""
         try:
-            actor = actor_from_bytes(bytes(msg.data), self.episodes.actor)
-        except ValueError as exc:
-            self.get_logger().error(f"/msdp/actor_weights refused: {exc}")
+            actor = self.weights_gate.accept(bytes(msg.data), label)
+        except WeightsRefused as exc:
+            self.get_logger().error(f"/msdp/actor_weights refused, keeping actor {self.actor_version}: {exc}")
             return
         self.episodes.actor = actor  # one reference swap: the next step acts with the new weights
-        self.actor_version = msg.layout.dim[0].label if msg.layout.dim else "unlabelled"
+        self.actor_version = label
         self.get_logger().info(f"new actor weights: {self.actor_version}")
 
     # -- episodes -------------------------------------------------------------------------------------------
     def on_timer(self) -> None:
         """Between episodes: ask the driver for a reset, then wait for the new goal and the arm to settle."""
-        if self.episodes.running or self.exit_code is not None:
+        if self.episodes.running or self.exit_code is not None or self.driver_fault:
             return
         if self.reset_future is None and self.ready_at is None:
             if not self.reset_client.service_is_ready():
@@ -191,7 +209,7 @@ class PolicyNode(Node):
             self.publish_goal_marker()
 
     def on_embedding(self, msg: Image) -> None:
-        if not self.episodes.running:
+        if not self.episodes.running or self.driver_fault:
             return
         stamp = stamp_seconds(msg.header)
         if self.pose is None or abs(stamp_seconds(self.pose.header) - stamp) > self.config.pose_max_age:
@@ -216,8 +234,11 @@ class PolicyNode(Node):
         if result.reward is not None:
             self.reward_pub.publish(Float32(data=float(result.reward)))
         if result.target is not None:
-            self.publish_target(*result.target, msg)
-            self.action_pub.publish(action_message(result.action, self.config.task, msg.header.stamp))
+            stamp = vocab.stamp_nanoseconds(msg.header)
+            self.publish_target(*result.target, stamp)
+            self.action_pub.publish(
+                vocab.twist_msg(ros_message, stamp, *self.episodes.action_spec.displacement(result.action))
+            )
         if result.episode_done:
             self.success_pub.publish(Bool(data=result.success))
             e = self.episodes
@@ -229,16 +250,11 @@ class PolicyNode(Node):
                 self.exit_code = 0
 
     # -- outputs --------------------------------------------------------------------------------------------
-    def publish_target(self, position: np.ndarray, orientation: np.ndarray, source: Image) -> None:
-        msg = PoseStamped()
-        msg.header.stamp, msg.header.frame_id = source.header.stamp, BASE_FRAME
-        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in position)
-        o = msg.pose.orientation
-        o.x, o.y, o.z, o.w = (float(v) for v in orientation)
+    def publish_target(self, position: np.ndarray, orientation: np.ndarray, stamp_ns: int) -> None:
+        msg = vocab.pose_msg(ros_message, stamp_ns, position, orientation)
         self.target_pub.publish(msg)
-        box = workspace_box_marker(
-            self.config.workspace_min, self.config.workspace_max, msg.header.stamp, "policy_workspace"
-        )
+        c = self.config
+        box = workspace_box_marker(c.workspace_min, c.workspace_max, msg.header.stamp, "policy_workspace")
         marker = self.sphere("policy_target", msg, 0.015, (1.0, 0.5, 0.0))
         self.marker_pub.publish(MarkerArray(markers=[marker, box]))
 
@@ -246,11 +262,7 @@ class PolicyNode(Node):
         goal = self.task.goal_pose(self.goal_state)
         if goal is None:
             return
-        msg = PoseStamped()
-        msg.header.stamp, msg.header.frame_id = self.get_clock().now().to_msg(), BASE_FRAME
-        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in goal[0])
-        o = msg.pose.orientation
-        o.x, o.y, o.z, o.w = (float(v) for v in yaw_quat(goal[1]))
+        msg = vocab.pose_msg(ros_message, self.now_ns(), goal[0], yaw_quat(goal[1]))
         self.marker_pub.publish(MarkerArray(markers=[self.sphere("task_goal", msg, 0.02, (0.1, 0.9, 0.2))]))
 
     @staticmethod

@@ -1,72 +1,44 @@
-"""The paper's simulated tasks on the simulated Franka: scene objects, randomisation, dense reward, success.
+"""The paper's simulated tasks as MuJoCo scenes: the tool the arm holds, the objects on the table, how an
+episode is randomised, the ground-truth state scoring needs, and the scripted expert.
 
-Each task says which tool the arm holds (the hand is modelled as a rigid mount: a held peg does not slip),
-what objects stand on the table, how a new episode is randomised, and how a state is scored. Rewards are
-dense and negative distances, as in panda-gym, which the paper's tasks use.
+Each scene extends its task from ``msdp_policy.tasks`` (reward and success, plain numpy), so the simulator and
+the policy node score alike. The hand is modelled as a rigid mount: a held peg does not slip.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from msdp.config import param_range
-from msdp_franka_driver.mujoco_backend import SimulatedFranka
-from msdp_franka_driver.pose import quat_multiply, yaw_quat
+from msdp_franka_driver.sim.physics import SimulatedFranka
+from msdp_policy import tasks
+from msdp_policy.tasks import (
+    DOWN,
+    HOLE_DEPTH,
+    CloseDrawer,
+    PegInsertion,
+    PushCube,
+    Score,
+    Task,
+    TaskConfig,
+    hole_inradius,
+    peg_yaw_error,
+)
 
-DOWN = np.array([1.0, 0.0, 0.0, 0.0])  # tool z pointing down, tool x forward (quaternion x y z w)
-
-PEG_SIDE = 0.0346  # m, equilateral triangle (inradius 10 mm)
 PEG_LENGTH = 0.06
-HOLE_CLEARANCE = 0.005  # m, on the inradius
-HOLE_DEPTH = 0.04
 HOLE_CHAMFER = 0.005  # m, 45 degree lead-in at the mouth of the hole
-# Clearance and lead-in forgive about the 5-8 mm that the 64x64 camera (about 5 mm per pixel) resolves
-# (scripts/insertion_tolerance.py measures it; README "Results").
+# Clearance (msdp_policy.tasks.HOLE_CLEARANCE) and lead-in forgive about the 5-8 mm that the 64x64 camera
+# (about 5 mm per pixel) resolves (scripts/insertion_tolerance.py measures it; README "Results").
 HOLE_XY_RANGE = 0.08  # m, +- about the nominal hole position (0.5, 0)
 FIXTURE_BASE = 0.02  # m of solid block under the hole: its floor is inside the workspace box
 ROUND_PEG_RADIUS = 0.012
 ROUND_PEG_LENGTH = 0.08
 
 
-@dataclass(frozen=True)
-class TaskConfig:
-    """Episode, action and perturbation settings shared by all tasks."""
+class Scene(Task):
+    """A task's scene in the simulator; scoring comes from the task."""
 
-    name: str = field(default="peg", metadata={"choices": ("peg", "push_cube", "close_drawer")})
-    max_episode_steps: int = field(default=100, metadata=param_range(1, 10000, "policy steps"))
-    control_rate: float = field(default=10.0, metadata=param_range(1.0, 100.0, "Hz, policy steps"))
-    max_step: float = field(default=0.02, metadata=param_range(0.001, 0.05, "m per policy step per axis"))
-    max_yaw_step: float = field(default=0.1, metadata=param_range(0.0, 0.5, "rad per policy step"))
-    hole_yaw_range: float = field(default=0.5, metadata=param_range(0.0, math.pi / 3, "rad, +-, peg task"))
-    image_noise_std: float = field(default=0.0, metadata=param_range(0.0, 128.0, "pixel intensity (0-255)"))
-    ft_noise_std: float = field(default=0.0, metadata=param_range(0.0, 50.0, "N and Nm"))
-    object_mass_scale: float = field(default=1.0, metadata=param_range(0.1, 10.0, "x nominal mass"))
-    object_friction_scale: float = field(default=1.0, metadata=param_range(0.1, 10.0, "x nominal friction"))
-
-
-@dataclass
-class Score:
-    reward: float
-    success: bool
-    failed: bool  # an unrecoverable outcome (a slammed drawer, a cube off the table) ends the episode
-
-
-def _tcp_yaw(orientation: np.ndarray) -> float:
-    """Yaw of the tool x axis about the base z axis."""
-    x, y, z, w = orientation
-    return math.atan2(2 * (x * y + z * w), 1 - 2 * (y * y + z * z))
-
-
-def _wrap(angle: float, period: float = 2 * math.pi) -> float:
-    return (angle + period / 2) % period - period / 2
-
-
-class Task:
-    name = ""
-    action_dim = 3
     tool_mass = 0.15
     tool_com = (0.0, 0.0, 0.03)
 
@@ -86,44 +58,15 @@ class Task:
         tip, orientation = sim.tcp_pose()
         return self.score_state(tip, orientation, self.privileged_state(sim))
 
-    def score_state(self, tip: np.ndarray, orientation: np.ndarray, state: dict[str, np.ndarray]) -> Score:
-        """Reward and success from the tool pose and the task state (the simulator's, or a measured goal)."""
-        raise NotImplementedError
-
     def privileged_state(self, sim: SimulatedFranka) -> dict[str, np.ndarray]:
         """Ground-truth object state for scoring, scripted policies and logging (never in the observation)."""
         return {}
 
-    def goal_pose(self, state: dict[str, np.ndarray]) -> tuple[np.ndarray, float] | None:
-        """The goal as a pose (position, yaw) when a fixed goal is all scoring needs, else None.
 
-        Over ROS the policy node scores episodes from the tool pose and this goal (published by the simulated
-        driver on /msdp/task_goal, or measured once on the real cell); tasks with moving objects would need
-        object tracking, which the stack does not have.
-        """
-        return None
-
-    def state_from_goal(self, position: np.ndarray, yaw: float) -> dict[str, np.ndarray]:
-        raise NotImplementedError(f"task {self.name}: scoring needs object states that a goal pose does not give")
-
-
-def hole_inradius() -> float:
-    """The peg hole's inradius below the lead-in: the peg's plus the clearance (read at call time)."""
-    return PEG_SIDE / (2 * math.sqrt(3)) + HOLE_CLEARANCE
-
-
-def peg_yaw_error(orientation: np.ndarray, hole_yaw: float) -> float:
-    """Peg-to-hole yaw error, modulo the triangle's 120 degree symmetry."""
-    return _wrap(hole_yaw - _tcp_yaw(orientation), 2 * math.pi / 3)
-
-
-class PegInsertion(Task):
+class PegScene(Scene, PegInsertion):
     """A triangular peg held in the hand goes into a chamfered triangular hole whose position and yaw are random."""
 
-    name = "peg"
-    action_dim = 4
     tool_com = (0.0, 0.0, PEG_LENGTH / 2)
-    success_depth = 0.025  # m below the fixture top
 
     def tool_xml(self) -> str:
         return (
@@ -215,25 +158,9 @@ class PegInsertion(Task):
         yaw = math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
         return {"hole_position": sim.model.body_pos[fixture].copy(), "hole_yaw": np.array(yaw)}
 
-    def goal_pose(self, state):
-        return np.asarray(state["hole_position"], dtype=float), float(state["hole_yaw"])
-
-    def state_from_goal(self, position, yaw):
-        return {"hole_position": np.asarray(position, dtype=float), "hole_yaw": np.array(yaw)}
-
     def yaw_error(self, sim) -> float:
         _, orientation = sim.tcp_pose()
         return peg_yaw_error(orientation, float(self.privileged_state(sim)["hole_yaw"]))
-
-    def score_state(self, tip, orientation, state):
-        hole = np.asarray(state["hole_position"], dtype=float)
-        goal = hole + np.array([0.0, 0.0, HOLE_DEPTH - self.success_depth - 0.005])
-        lateral = float(np.linalg.norm(tip[:2] - hole[:2]))
-        depth = hole[2] + HOLE_DEPTH - tip[2]
-        success = depth >= self.success_depth and lateral < hole_inradius()
-        yaw_error = peg_yaw_error(orientation, float(state["hole_yaw"]))
-        reward = -float(np.linalg.norm(tip - goal)) - 0.05 * abs(yaw_error)
-        return Score(reward, bool(success), False)
 
     def scripted_action(self, sim: SimulatedFranka, config: TaskConfig) -> np.ndarray:
         """Privileged expert: align xy and yaw above the hole, descend when aligned, lift off when jammed.
@@ -247,7 +174,7 @@ class PegInsertion(Task):
         lateral = hole[:2] - tip[:2]
         yaw_error = self.yaw_error(sim)
         inside = tip[2] < top - 0.002
-        aligned = np.linalg.norm(lateral) < 0.8 * HOLE_CLEARANCE and abs(yaw_error) < 0.05
+        aligned = np.linalg.norm(lateral) < 0.8 * tasks.HOLE_CLEARANCE and abs(yaw_error) < 0.05
         if inside or aligned:
             target_z = top - self.success_depth - 0.01
         else:
@@ -260,16 +187,14 @@ class PegInsertion(Task):
         return np.clip(action, -1.0, 1.0)
 
 
-class PushCube(Task):
+class PushCubeScene(Scene, PushCube):
     """A held round peg pushes a cube, whose mass and centre of mass are random, to a goal on the table.
 
     The cube has contact priority, so its random friction, not the larger one of the table, is the contact's.
     """
 
-    name = "push_cube"
     tool_com = (0.0, 0.0, ROUND_PEG_LENGTH / 2)
     cube_half = 0.025
-    success_distance = 0.03
 
     def tool_xml(self) -> str:
         return (
@@ -308,23 +233,13 @@ class PushCube(Task):
             "goal_position": sim.model.body_pos[sim.model.body("goal").id].copy(),
         }
 
-    def score_state(self, tip, orientation, state):
-        cube, goal = state["cube_position"], state["goal_position"]
-        to_goal = float(np.linalg.norm(cube[:2] - goal[:2]))
-        reward = -to_goal - 0.5 * float(np.linalg.norm(tip - cube))
-        return Score(reward, to_goal < self.success_distance, bool(cube[2] < 0.0))
 
-
-class CloseDrawer(Task):
+class CloseDrawerScene(Scene, CloseDrawer):
     """Close an open drawer, whose friction is random, gently: success is nearly closed and slow."""
 
-    name = "close_drawer"
     tool_com = (0.0, 0.0, ROUND_PEG_LENGTH / 2)
-    closed_tolerance = 0.01  # m
-    gentle_speed = 0.05  # m/s, the most a closed drawer may still move
-    slam_speed = 0.1  # m/s near the closed stop ends the episode as a failure
 
-    tool_xml = PushCube.tool_xml
+    tool_xml = PushCubeScene.tool_xml
 
     def objects_xml(self) -> str:
         return (
@@ -364,35 +279,12 @@ class CloseDrawer(Task):
             "front_position": sim.data.geom("drawer_front").xpos.copy(),
         }
 
-    def score_state(self, tip, orientation, state):
-        opening, speed = float(state["opening"]), abs(float(state["opening_speed"]))
-        front = state["front_position"]
-        reach = float(np.linalg.norm(tip - (front + np.array([-0.01, 0.0, 0.0]))))
-        reward = -opening - 0.3 * reach - 0.5 * max(0.0, speed - self.gentle_speed)
-        success = opening < self.closed_tolerance and speed < self.gentle_speed
-        slammed = opening < 2 * self.closed_tolerance and speed > self.slam_speed
-        return Score(reward, bool(success), bool(slammed))
+
+SCENES: dict[str, type[Scene]] = {scene.name: scene for scene in (PegScene, PushCubeScene, CloseDrawerScene)}
 
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (PegInsertion, PushCube, CloseDrawer)}
-
-
-def make_task(name: str) -> Task:
+def make_scene(name: str) -> Scene:
     try:
-        return TASKS[name]()
+        return SCENES[name]()
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}") from None
-
-
-def target_after(
-    position: np.ndarray, orientation: np.ndarray, action: np.ndarray, config: TaskConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """The impedance target an action asks for: current position + displacement, tool pointing down.
-
-    Roll and pitch are always commanded back to tool-down, so contact cannot tilt the tool for good; a 4-D
-    action turns the yaw by up to ``max_yaw_step``, a 3-D action holds yaw at zero.
-    """
-    action = np.clip(np.asarray(action, dtype=float), -1.0, 1.0)
-    target_position = position + config.max_step * action[:3]
-    yaw = _tcp_yaw(orientation) + config.max_yaw_step * action[3] if action.shape[0] > 3 else 0.0
-    return target_position, quat_multiply(yaw_quat(yaw), DOWN)
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(SCENES)}") from None

@@ -17,32 +17,24 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from msdp import vocabulary as vocab
 from msdp.config import ConfigError, from_dict, param_range, to_dict
-from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
-from msdp_franka_driver.fr3_model import BASE_FRAME, CAMERA_FRAME, FT_FRAME, JOINT_NAMES
+from msdp.specs import ActionSpec
 from msdp_franka_driver.pose import yaw_quat
-from msdp_franka_driver.tasks import TaskConfig
+from msdp_franka_driver.sim.config import EnvConfig
+from msdp_franka_driver.sim.env import FrankaTaskEnv
 from msdp_perception.bags import TYPESTORE, BagError, BagWriter
+from msdp_policy.tasks import TaskConfig
 
 EPISODE_GAP_NS = 1_000_000_000  # simulated time between one episode's end and the next one's start
 WRENCH_PERIOD_NS = 10_000_000  # the F/T readings in an observation are 100 Hz samples, the newest at t
 
-TOPICS = {
-    "/camera/image_raw": "sensor_msgs/msg/Image",
-    "/ft_sensor/wrench": "geometry_msgs/msg/WrenchStamped",
-    "/joint_states": "sensor_msgs/msg/JointState",
-    "/franka/ee_pose": "geometry_msgs/msg/PoseStamped",
-    "/msdp/action": "geometry_msgs/msg/TwistStamped",
-    "/msdp/task_goal": "geometry_msgs/msg/PoseStamped",
-}
-_types = TYPESTORE.types
-Header, Time = _types["std_msgs/msg/Header"], _types["builtin_interfaces/msg/Time"]
-Image, JointState = _types["sensor_msgs/msg/Image"], _types["sensor_msgs/msg/JointState"]
-Vector3, Wrench, WrenchStamped = (_types[f"geometry_msgs/msg/{n}"] for n in ("Vector3", "Wrench", "WrenchStamped"))
-Point, Quaternion, Pose, PoseStamped = (
-    _types[f"geometry_msgs/msg/{n}"] for n in ("Point", "Quaternion", "Pose", "PoseStamped")
-)
-Twist, TwistStamped = _types["geometry_msgs/msg/Twist"], _types["geometry_msgs/msg/TwistStamped"]
+TOPICS = (vocab.IMAGE, vocab.WRENCH, vocab.JOINT_STATES, vocab.EE_POSE, vocab.ACTION, vocab.TASK_GOAL)
+
+
+def bag_message(msgtype: str, **fields: Any) -> Any:
+    """The vocabulary's ``make`` for rosbags messages (what ``BagWriter.write`` serialises)."""
+    return TYPESTORE.types[msgtype](**fields)
 
 
 @dataclass(frozen=True)
@@ -58,65 +50,36 @@ class CollectConfig:
     samples_per_bag: int = field(default=10000, metadata=param_range(1, 100_000_000, "observations per bag folder"))
 
 
-def _header(stamp_ns: int, frame_id: str) -> Any:
-    sec, nanosec = divmod(stamp_ns, 1_000_000_000)
-    return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
-
-
-def _vector3(x: float, y: float, z: float) -> Any:
-    return Vector3(x=float(x), y=float(y), z=float(z))
-
-
 class _Recorder:
     """Writes env observations and actions as the messages the real robot's nodes publish."""
 
-    def __init__(self, writer: BagWriter, task: TaskConfig):
-        self.writer, self.task = writer, task
-        for topic, msgtype in TOPICS.items():
-            writer.add_topic(topic, msgtype)
+    def __init__(self, writer: BagWriter, spec: ActionSpec):
+        self.writer, self.spec = writer, spec
+        for topic in TOPICS:
+            writer.add_topic(topic.name, topic.msgtype)
 
     def observation(self, t: int, obs: dict[str, np.ndarray]) -> None:
-        image = np.ascontiguousarray(obs["image"], np.uint8)
-        height, width, _ = image.shape
-        image_msg = Image(
-            header=_header(t, CAMERA_FRAME), height=height, width=width, encoding="rgb8", is_bigendian=0,
-            step=3 * width, data=image.reshape(-1),
-        )  # fmt: skip
-        self.writer.write("/camera/image_raw", t, image_msg)
-
+        write = self.writer.write
+        write(vocab.IMAGE.name, t, vocab.image_msg(bag_message, t, obs["image"], "rgb8", vocab.CAMERA_FRAME))
         window = obs["wrench"]
         for age, reading in zip(range(len(window) - 1, -1, -1), window, strict=True):
             stamp = t - age * WRENCH_PERIOD_NS
-            wrench = Wrench(force=_vector3(*reading[:3]), torque=_vector3(*reading[3:]))
-            self.writer.write("/ft_sensor/wrench", stamp, WrenchStamped(header=_header(stamp, FT_FRAME), wrench=wrench))
-
+            write(vocab.WRENCH.name, stamp, vocab.wrench_msg(bag_message, stamp, reading))
         q, dq = np.split(obs["proprio"].astype(np.float64), 2)
-        joint_state = JointState(
-            header=_header(t, ""), name=list(JOINT_NAMES), position=q, velocity=dq, effort=np.zeros(0)
-        )
-        self.writer.write("/joint_states", t, joint_state)
-
-        x, y, z, qx, qy, qz, qw = (float(v) for v in obs["ee_pose"])
-        pose = Pose(position=Point(x=x, y=y, z=z), orientation=Quaternion(x=qx, y=qy, z=qz, w=qw))
-        self.writer.write("/franka/ee_pose", t, PoseStamped(header=_header(t, BASE_FRAME), pose=pose))
+        write(vocab.JOINT_STATES.name, t, vocab.joint_state_msg(bag_message, t, q, dq))
+        pose = obs["ee_pose"].astype(np.float64)
+        write(vocab.EE_POSE.name, t, vocab.pose_msg(bag_message, t, pose[:3], pose[3:]))
 
     def goal(self, t: int, env: FrankaTaskEnv) -> None:
         """The episode's goal, as the simulated driver publishes it at a reset (what offline rewards need)."""
         goal = env.task.goal_pose(env.task.privileged_state(env.sim))
-        if goal is None:
-            return
-        (x, y, z), yaw = goal
-        qx, qy, qz, qw = (float(v) for v in yaw_quat(yaw))
-        orientation = Quaternion(x=qx, y=qy, z=qz, w=qw)
-        pose = Pose(position=Point(x=float(x), y=float(y), z=float(z)), orientation=orientation)
-        self.writer.write("/msdp/task_goal", t, PoseStamped(header=_header(t, BASE_FRAME), pose=pose))
+        if goal is not None:
+            self.writer.write(vocab.TASK_GOAL.name, t, vocab.pose_msg(bag_message, t, goal[0], yaw_quat(goal[1])))
 
     def action(self, t: int, action: np.ndarray) -> None:
         """A normalised action in physical units: metres and radians of end-effector motion this step."""
-        step = action[:3] * self.task.max_step
-        yaw = action[3] * self.task.max_yaw_step if len(action) > 3 else 0.0
-        twist = Twist(linear=_vector3(*step), angular=_vector3(0.0, 0.0, yaw))
-        self.writer.write("/msdp/action", t, TwistStamped(header=_header(t, BASE_FRAME), twist=twist))
+        linear, yaw = self.spec.displacement(action)
+        self.writer.write(vocab.ACTION.name, t, vocab.twist_msg(bag_message, t, linear, yaw))
 
 
 def _policy(env: FrankaTaskEnv, config: CollectConfig, rng: np.random.Generator) -> np.ndarray:
@@ -151,7 +114,7 @@ def collect_to_bags(out_dir: Path | str, config: CollectConfig, progress: bool =
                 n = min(config.samples_per_bag, config.samples - written)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with BagWriter(path, storage=config.storage) as writer:
-                    recorder = _Recorder(writer, config.task)
+                    recorder = _Recorder(writer, env.action_spec)
                     pending = None  # the next observation to write and whether it ends its episode
                     for i in range(n):
                         if pending is None:  # a new episode, after a gap in simulated time

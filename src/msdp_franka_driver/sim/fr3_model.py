@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PREFIX = "fr3_"
+from msdp.vocabulary import ROBOT_PREFIX
+
+PREFIX = ROBOT_PREFIX  # joint and link names: fr3_joint1.., fr3_link0 (the base frame)
 FLANGE_OFFSET = 0.107  # link8 (flange) along link7's z
 JOINT_ARMATURE = 0.1  # rotor inertia seen at the joint, kg m^2; also keeps the light wrist stable at 1 ms
 JOINT_DAMPING = 1.0  # viscous friction, Nm s/rad
@@ -164,11 +166,6 @@ LINKS = (
     ),
 )
 
-JOINT_NAMES = tuple(f"{PREFIX}joint{i}" for i in range(1, 8))
-# Frame ids of the published data (REP 103/105), shared by the driver, the recorders and the bag writers.
-BASE_FRAME = f"{PREFIX}link0"
-FT_FRAME = "ft_sensor"
-CAMERA_FRAME = "third_person_camera"
 EFFORT_LIMITS = tuple(link.effort for link in LINKS)
 
 

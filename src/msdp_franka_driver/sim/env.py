@@ -7,23 +7,13 @@ step. Observations carry exactly what the real robot's sensor topics carry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from msdp_franka_driver.control_law import HOME_Q, N_JOINTS, ImpedanceConfig, SafetyConfig
-from msdp_franka_driver.mujoco_backend import SimConfig, SimulatedFranka, scene_xml
-from msdp_franka_driver.tasks import TaskConfig, make_task, target_after
-
-
-@dataclass(frozen=True)
-class EnvConfig:
-    """Everything that defines one simulated task environment."""
-
-    task: TaskConfig = field(default_factory=TaskConfig)
-    sim: SimConfig = field(default_factory=SimConfig)
-    impedance: ImpedanceConfig = field(default_factory=ImpedanceConfig)
-    safety: SafetyConfig = field(default_factory=SafetyConfig)
+from msdp_franka_driver.control_law import HOME_Q, N_JOINTS
+from msdp_franka_driver.sim.config import EnvConfig
+from msdp_franka_driver.sim.physics import SimulatedFranka, scene_xml
+from msdp_franka_driver.sim.scenes import make_scene
+from msdp_policy.tasks import action_spec, target_after
 
 
 class FrankaTaskEnv:
@@ -36,7 +26,8 @@ class FrankaTaskEnv:
 
     def __init__(self, config: EnvConfig | None = None):
         self.config = config or EnvConfig()
-        self.task = make_task(self.config.task.name)
+        self.task = make_scene(self.config.task.name)
+        self.action_spec = action_spec(self.config.task)
         xml = scene_xml(self.task.tool_xml(), self.task.objects_xml(), self.task.tool_mass, self.task.tool_com)
         self.sim = SimulatedFranka(xml, self.config.impedance, self.config.safety, self.config.sim)
         self.sim.wrench_noise_std = self.config.task.ft_noise_std
@@ -68,7 +59,7 @@ class FrankaTaskEnv:
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action must be finite, got {action}")
         position, orientation = self.sim.tcp_pose()
-        self.sim.set_target(*target_after(position, orientation, action, self.config.task))
+        self.sim.set_target(*target_after(position, orientation, action, self.action_spec))
         self.sim.step(self.physics_steps_per_action)
         self.steps += 1
         score = self.task.score(self.sim)

@@ -18,7 +18,8 @@ from tqdm import tqdm  # noqa: E402
 
 from msdp.config import to_dict  # noqa: E402
 from msdp.provenance import provenance  # noqa: E402
-from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv  # noqa: E402
+from msdp_franka_driver.sim.config import EnvConfig
+from msdp_franka_driver.sim.env import FrankaTaskEnv  # noqa: E402
 
 FRAME_SIZE = 160
 SEAT_STEPS = 8  # after insertion, press the peg onto the hole's floor: the wrist sensor shows the contact

@@ -2,8 +2,8 @@
 
 ``SimulatedFranka`` owns the model and data, runs ``CartesianImpedanceController`` at every physics step
 (``mj_step1`` -> law -> ``mj_step2``, so the law sees the state it acts on), samples the wrist
-force/torque sensor and renders the third-person camera. ``MujocoArm`` adapts it to the driver node's
-``ArmBackend`` interface. Gravity is not compensated by MuJoCo, so the law's bias torque is
+force/torque sensor and renders the third-person camera. ``MujocoArm`` (``sim.backend``) adapts it to the driver
+node's ``ArmBackend`` interface. Gravity is not compensated by MuJoCo, so the law's bias torque is
 ``qfrc_bias`` (coriolis + gravity), where the real robot's is coriolis only.
 """
 
@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
 
 import mujoco
 import numpy as np
 
-from msdp.config import param_range
-from msdp_franka_driver import fr3_model
 from msdp_franka_driver.backend import ArmSnapshot
 from msdp_franka_driver.control_law import (
     N_JOINTS,
@@ -27,21 +24,13 @@ from msdp_franka_driver.control_law import (
     SafetyConfig,
 )
 from msdp_franka_driver.pose import orientation_error
+from msdp_franka_driver.sim import fr3_model
+from msdp_franka_driver.sim.config import SimConfig
 
 FT_SENSOR_MASS = 0.25  # kg, an ATI Mini45-class sensor with its adapter plates
 FT_SENSOR_HEIGHT = 0.03
 TOOL_FRAME_YAW = -math.pi / 4  # the flange x axis is 45 deg off; the tool frame's x points forward at home
 GRAVITY = np.array([0.0, 0.0, -9.81])
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    """Physics, sensor and camera settings of the simulated Franka."""
-
-    physics_dt: float = field(default=0.001, metadata=param_range(0.0002, 0.002, "s"))
-    image_size: int = field(default=64, metadata=param_range(16, 512, "pixels, square"))
-    wrench_rate: float = field(default=100.0, metadata=param_range(10.0, 1000.0, "Hz, F/T samples"))
-    wrench_window: int = field(default=4, metadata=param_range(1, 64, "F/T samples per observation"))
 
 
 def scene_xml(tool_body: str, objects: str, tool_mass: float, tool_com: tuple[float, float, float]) -> str:

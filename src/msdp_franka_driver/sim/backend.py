@@ -1,0 +1,97 @@
+"""The simulated Franka as an ``ArmBackend`` and a ``SimulatedCell``: what the driver node drives when
+``backend: mujoco``.
+
+Unlike the real arm, nothing runs by itself: the driver node calls ``advance`` from its timer, and the
+backend steps physics for the simulated time owed (``real_time_factor`` simulated seconds per wall second),
+in steps of one state period. Like a real arm it stops on a reflex: when the force on the tool exceeds
+``sim.reflex_force`` it holds its pose and refuses targets until ``recover``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from msdp_franka_driver.backend import ArmSnapshot
+from msdp_franka_driver.sim.config import EnvConfig
+from msdp_franka_driver.sim.env import FrankaTaskEnv
+
+
+class MujocoArm:
+    name = "mujoco"
+
+    def __init__(self, config: EnvConfig, seed: int = 0, state_period: float = 0.01, real_time_factor: float = 1.0):
+        self.env = FrankaTaskEnv(config)
+        self.seed = seed
+        self.episode = 0
+        self.state_period = state_period
+        self.real_time_factor = real_time_factor
+        self.time_owed = 0.0  # s of simulated time the wall clock is ahead by
+        self._fault = ""
+
+    @property
+    def sim(self):
+        return self.env.sim
+
+    def start(self) -> None:
+        self.reset()
+
+    def reset(self) -> str:
+        """Re-randomise the scene (a new seed each time) and put the arm at the task's start pose."""
+        seed = self.seed + self.episode
+        self.env.reset(seed=seed)
+        self.episode += 1
+        return f"scene '{self.env.task.name}' reset (episode {self.episode}, seed {seed})"
+
+    def advance(self, wall_seconds: float) -> list[ArmSnapshot]:
+        self.time_owed += self.real_time_factor * wall_seconds
+        period = self.state_period
+        snapshots = []
+        while self.time_owed >= period / 2:
+            self.time_owed -= period
+            self.sim.step(max(1, round(period / self.sim.config.physics_dt)))
+            snapshot = self.sim.snapshot()
+            self._check_reflex(snapshot)
+            snapshots.append(snapshot)
+        return snapshots
+
+    def _check_reflex(self, snapshot: ArmSnapshot) -> None:
+        limit = self.sim.config.reflex_force
+        force = float(np.linalg.norm(snapshot.wrench[:3]))
+        if limit > 0 and force > limit and not self._fault:
+            self._fault = f"cartesian_reflex: {force:.1f} N on the tool (limit sim.reflex_force {limit} N)"
+            self._hold()
+
+    def _hold(self) -> None:
+        position, orientation = self.sim.tcp_pose()
+        self.sim.controller.safety.hold(position, orientation)
+
+    def set_target(self, position: np.ndarray, orientation: np.ndarray) -> bool:
+        if self._fault:
+            return False
+        return self.sim.set_target(position, orientation)
+
+    def snapshot(self) -> ArmSnapshot:
+        return self.sim.snapshot()
+
+    def fault(self) -> str:
+        return self._fault
+
+    def recover(self) -> str:
+        """Clear a reflex and hold the current pose (a simulated arm has nothing else to reset)."""
+        cleared, self._fault = self._fault, ""
+        self._hold()
+        return (
+            f"recovered from {cleared}; holding the current pose" if cleared else "no fault; holding the current pose"
+        )
+
+    def diagnostics(self) -> dict[str, str]:
+        return {"rejected_targets": str(self.sim.controller.safety.rejected), "sim_time_s": f"{self.sim.time:.3f}"}
+
+    def image(self) -> np.ndarray:
+        return self.sim.render()
+
+    def task_goal(self) -> tuple[np.ndarray, float] | None:
+        return self.env.task.goal_pose(self.env.task.privileged_state(self.sim))
+
+    def stop(self) -> None:
+        self.env.close()
