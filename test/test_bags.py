@@ -1,24 +1,41 @@
-"""rosbag2 writing and reading: round trips, a writer killed with SIGKILL, truncated and corrupt files."""
+"""rosbag2 writing and reading: round trips, a writer killed with SIGKILL, truncated, corrupt and damaged files."""
 
+import logging
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
 import time
+import zlib
 
 import numpy as np
 import pytest
-from rosbags.rosbag2 import Reader
+from rosbags.rosbag2 import CompressionFormat, CompressionMode, Reader, StoragePlugin, Writer
 from rosbags.rosbag2.storage_mcap import McapReader
 
-from msdp_perception.bags import TYPESTORE, BagError, BagReader, BagWriter, bag_topics, open_bag, recover_bag
+from msdp_perception.bags import (
+    TYPESTORE,
+    BagDamaged,
+    BagError,
+    BagReader,
+    BagWriter,
+    bag_topics,
+    open_bag,
+    recover_bag,
+)
+from msdp_perception.dataset import BagDataset
+from msdp_perception.observation import SyncConfig
 
 String = TYPESTORE.types["std_msgs/msg/String"]
 Header = TYPESTORE.types["std_msgs/msg/Header"]
 Time = TYPESTORE.types["builtin_interfaces/msg/Time"]
 Image = TYPESTORE.types["sensor_msgs/msg/Image"]
+Vector3 = TYPESTORE.types["geometry_msgs/msg/Vector3"]
+Wrench = TYPESTORE.types["geometry_msgs/msg/Wrench"]
+WrenchStamped = TYPESTORE.types["geometry_msgs/msg/WrenchStamped"]
 
 
 def payload(i: int) -> str:
@@ -26,10 +43,15 @@ def payload(i: int) -> str:
     return f"msg {i}:" + "abcdefghij"[i % 10] * (i % 300)
 
 
-def image(i: int) -> Image:
-    pixels = np.random.default_rng(i).integers(0, 256, 8 * 8 * 3, dtype=np.uint8)
+def image(i: int, size: int = 8) -> Image:
+    pixels = np.random.default_rng(i).integers(0, 256, size * size * 3, dtype=np.uint8)
     header = Header(stamp=Time(sec=i, nanosec=0), frame_id="cam")
-    return Image(header=header, height=8, width=8, encoding="rgb8", is_bigendian=0, step=24, data=pixels)
+    return Image(header=header, height=size, width=size, encoding="rgb8", is_bigendian=0, step=3 * size, data=pixels)
+
+
+def wrench(i: int) -> WrenchStamped:
+    force, torque = Vector3(x=float(i), y=1.0, z=2.0), Vector3(x=3.0, y=4.0, z=5.0)
+    return WrenchStamped(header=Header(stamp=Time(sec=i, nanosec=0), frame_id="ft"), wrench=Wrench(force, torque))
 
 
 def assert_sequence(messages: list, count: int) -> None:
@@ -218,3 +240,227 @@ def test_corrupt_and_missing_bags_name_the_file(tmp_path):
     (broken_metadata / "metadata.yaml").write_text("rosbag2_bagfile_information: [")
     with pytest.raises(BagError, match=r"meta.*metadata\.yaml"):
         bag_topics(broken_metadata)
+
+
+# ------------------------------------------------------------------------------------- CRCs and damaged files
+
+CHUNKS, IMAGES_PER_CHUNK, WRENCHES_PER_IMAGE = 4, 3, 3
+PER_CHUNK = IMAGES_PER_CHUNK * (1 + WRENCHES_PER_IMAGE)
+
+
+def write_sensor_bag(path, image_size: int = 16) -> None:
+    """CHUNKS chunks of IMAGES_PER_CHUNK images, each followed by WRENCHES_PER_IMAGE wrenches; 1 message per 10 ms."""
+    with BagWriter(path, flush_period=3600) as writer:
+        writer.add_topic("/camera/image_raw", "sensor_msgs/msg/Image")
+        writer.add_topic("/ft_sensor/wrench", "geometry_msgs/msg/WrenchStamped")
+        writer.add_topic("/joint_states", "sensor_msgs/msg/JointState")  # none recorded: BagDataset masks them
+        for i in range(CHUNKS * PER_CHUNK):
+            t = 10_000_000 * i
+            if i % (1 + WRENCHES_PER_IMAGE) == 0:
+                msg = image(i, image_size)
+                msg.header.stamp = Time(sec=0, nanosec=t)
+                writer.write("/camera/image_raw", t, msg)
+            else:
+                msg = wrench(i)
+                msg.header.stamp = Time(sec=0, nanosec=t)
+                writer.write("/ft_sensor/wrench", t, msg)
+            if (i + 1) % PER_CHUNK == 0:
+                writer.flush()
+
+
+def raw(path) -> list[tuple[str, int, bytes]]:
+    with BagReader(path) as reader:
+        return [(c.topic, t, bytes(data)) for c, t, data in reader.raw_messages()]
+
+
+def assert_real_crcs(file) -> None:
+    """Every chunk, the data section and the summary carry their CRC-32 (computed here from the MCAP layout)."""
+    data = file.read_bytes()
+    footer = len(data) - 37
+    summary_start, _, summary_crc = struct.unpack_from("<QQI", data, footer + 9)
+    assert summary_crc == zlib.crc32(data[summary_start : footer + 25]) != 0
+    data_end = summary_start - 13
+    assert data[data_end] == 0x0F  # the DataEnd record
+    assert struct.unpack_from("<I", data, data_end + 9)[0] == zlib.crc32(data[:data_end]) != 0
+    mcap = McapReader(file)
+    mcap.open()
+    chunks = list(mcap.chunks)
+    mcap.close()
+    assert chunks
+    for chunk in chunks:
+        assert chunk.compression == ""
+        (crc,) = struct.unpack_from("<I", data, chunk.chunk_start_offset + 9 + 24)
+        records = chunk.chunk_start_offset + 9 + 40
+        assert crc == zlib.crc32(data[records : records + chunk.uncompressed_size]) != 0
+
+
+def test_mcap_carries_real_crcs(tmp_path):
+    path = tmp_path / "crc"
+    write_sensor_bag(path)
+    assert_real_crcs(path / "crc.mcap")
+    with Reader(path) as reader:  # rosbags checks the chunk CRCs it finds
+        assert len(list(reader.messages())) == CHUNKS * PER_CHUNK
+    assert raw(path)[-1][1] == 10_000_000 * (CHUNKS * PER_CHUNK - 1)
+
+    os.truncate(path / "crc.mcap", (path / "crc.mcap").stat().st_size - 100)  # into the summary
+    assert recover_bag(path) == CHUNKS * PER_CHUNK
+    assert_real_crcs(path / "crc.mcap")
+
+
+def flip_byte_in_third_chunk(path) -> None:
+    """Flip one pixel byte of the first image of the third chunk."""
+    file = path / f"{path.name}.mcap"
+    data = file.read_bytes()
+    offset = data.index(image(2 * PER_CHUNK, 16).data.tobytes()) + 100
+    file.write_bytes(data[:offset] + bytes([data[offset] ^ 0x01]) + data[offset + 1 :])
+
+
+@pytest.mark.parametrize("summary", ["indexed", "cut off", "none"])
+def test_a_flipped_byte_in_a_message_is_detected_after_the_messages_before_it(tmp_path, summary):
+    path = tmp_path / "bag"
+    write_sensor_bag(path)
+    intact = raw(path)
+    flip_byte_in_third_chunk(path)
+    data = (path / "bag.mcap").read_bytes()
+    if summary == "cut off":  # read by scanning, as a bag whose writer was killed
+        (path / "bag.mcap").write_bytes(data[:-10])
+    elif summary == "none":  # a valid MCAP: the summary is optional
+        summary_start = struct.unpack_from("<Q", data, len(data) - 37 + 9)[0]
+        (path / "bag.mcap").write_bytes(data[:summary_start] + struct.pack("<BQQQI", 0x02, 20, 0, 0, 0) + data[-8:])
+
+    read = []
+    with BagReader(path) as reader, pytest.raises(BagDamaged) as damaged:
+        for c, t, data in reader.raw_messages():
+            read.append((c.topic, t, bytes(data)))
+    assert read == intact[: 2 * PER_CHUNK]  # the two intact chunks, nothing of the damaged one
+    message = str(damaged.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path / 'bag.mcap'}: chunk at byte ")
+    assert "(messages from t=0.240 s to 0.350 s) fails its CRC check" in message
+    assert message.endswith(f"the bag is damaged after t=0.240 s; {2 * PER_CHUNK} messages before it were read")
+    assert (damaged.value.file, damaged.value.messages_read) == (path / "bag.mcap", 2 * PER_CHUNK)
+
+
+def test_a_damaged_summary_is_not_trusted(tmp_path):
+    """A flipped byte in the summary's copy of a topic name would hide that topic's messages; the file is scanned."""
+    path = tmp_path / "bag"
+    write_sensor_bag(path)
+    intact = raw(path)
+    data = (path / "bag.mcap").read_bytes()
+    offset = data.rindex(b"/ft_sensor/wrench") + 5  # in the summary's channel record
+    assert offset > struct.unpack_from("<Q", data, len(data) - 37 + 9)[0]
+    (path / "bag.mcap").write_bytes(data[:offset] + b"X" + data[offset + 1 :])
+    with BagReader(path) as reader:
+        assert reader.problems == ["bag.mcap: its summary fails its CRC check"]
+    assert raw(path) == intact
+    assert recover_bag(path) == len(intact)
+    assert_real_crcs(path / "bag.mcap")
+
+
+def test_recover_bag_keeps_what_precedes_the_damage_and_the_damaged_file(tmp_path, caplog):
+    path = tmp_path / "bag"
+    write_sensor_bag(path)
+    intact = raw(path)
+    flip_byte_in_third_chunk(path)
+    damaged = (path / "bag.mcap").read_bytes()
+    with caplog.at_level(logging.WARNING):
+        assert recover_bag(path) == 2 * PER_CHUNK
+
+    assert sorted(p.name for p in path.iterdir()) == ["bag.mcap", "bag.mcap.damaged", "metadata.yaml"]
+    assert (path / "bag.mcap.damaged").read_bytes() == damaged
+    assert raw(path) == intact[: 2 * PER_CHUNK]
+    assert_real_crcs(path / "bag.mcap")
+    with Reader(path) as reader:
+        assert reader.message_count == 2 * PER_CHUNK
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "damaged after" in r.message]
+    assert len(warnings) == 1
+    assert "fails its CRC check" in warnings[0] and "bag.mcap.damaged" in warnings[0]
+
+    assert recover_bag(path) == 2 * PER_CHUNK  # now intact: left as it is
+    assert (path / "bag.mcap.damaged").exists()
+
+
+def test_dataset_keeps_the_samples_before_the_damage(tmp_path, caplog):
+    path = tmp_path / "bag"
+    write_sensor_bag(path)
+    sync = SyncConfig(image_size=16)
+    intact = BagDataset([path], sync=sync, progress=False)
+    assert len(intact) == CHUNKS * IMAGES_PER_CHUNK
+    flip_byte_in_third_chunk(path)
+
+    with caplog.at_level(logging.WARNING):
+        damaged = BagDataset([path], sync=sync, progress=False)
+    assert len(damaged) == 2 * IMAGES_PER_CHUNK
+    for name in ("images", "wrench", "present", "stamps"):
+        np.testing.assert_array_equal(getattr(damaged, name), getattr(intact, name)[: len(damaged)])
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.startswith(f"{path / 'bag.mcap'}: chunk at byte ")
+    assert "damaged after t=0.240 s" in warning
+
+
+def corruptions(size: int, trials: int):
+    """Seeded (kind, offset, replacement bytes or new size): byte flips, garbage runs, truncations."""
+    rng = np.random.default_rng(13)
+    for trial in range(trials):
+        offset = int(rng.integers(8, size - 1))
+        if trial % 3 == 0:
+            yield "flip", offset, bytes([int(rng.integers(1, 256))])
+        elif trial % 3 == 1:
+            yield "garbage", offset, rng.bytes(int(rng.integers(2, 64)))
+        else:
+            yield "truncate", offset, b""
+
+
+def read_corrupted(path, data: bytes, kind: str, offset: int, replacement: bytes) -> tuple[list, BagError | None]:
+    file = path / f"{path.name}.mcap"
+    if kind == "flip":
+        data = data[:offset] + bytes([data[offset] ^ replacement[0]]) + data[offset + 1 :]
+    elif kind == "garbage":
+        data = data[:offset] + replacement + data[offset + len(replacement) :]
+    else:
+        data = data[:offset]
+    file.write_bytes(data)
+    read: list = []
+    try:
+        with BagReader(path) as reader:
+            for c, t, message in reader.raw_messages():
+                read.append((c.topic, t, bytes(message)))
+    except BagError as exc:
+        assert str(file) in str(exc), str(exc)
+        return read, exc
+    return read, None
+
+
+def test_random_corruption_ends_in_a_bag_error_naming_the_file(tmp_path, caplog):
+    """Each corrupted file reads completely (a truncated one: up to the cut) or fails with a BagError naming the
+    file; what it delivers is always the bag's messages in order, never altered ones."""
+    caplog.set_level(logging.ERROR)  # not the warning for each bag that needs recovery
+    path = tmp_path / "fuzz"
+    write_sensor_bag(path, image_size=8)
+    intact = raw(path)
+    data = (path / "fuzz.mcap").read_bytes()
+    outcomes = []
+    for kind, offset, replacement in corruptions(len(data), 300):
+        read, error = read_corrupted(path, data, kind, offset, replacement)
+        assert read == intact[: len(read)], (kind, offset)
+        if error is None and kind != "truncate":
+            assert read == intact, (kind, offset)
+        outcomes.append(type(error).__name__)
+    assert {"NoneType", "BagDamaged", "BagError"} <= set(outcomes)
+
+
+def test_random_corruption_of_a_bag_without_crcs_ends_in_a_bag_error(tmp_path, caplog):
+    """rosbags writes CRCs of 0 and compresses chunks with zstd: damage may go unnoticed, but never crashes."""
+    caplog.set_level(logging.ERROR)
+    path = tmp_path / "plain"
+    writer = Writer(path, version=Writer.VERSION_LATEST, storage_plugin=StoragePlugin.MCAP)
+    writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+    with writer:
+        connection = writer.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=TYPESTORE)
+        for i in range(12):
+            writer.write(connection, i, TYPESTORE.serialize_cdr(image(i), "sensor_msgs/msg/Image"))
+            if i % 4 == 3:
+                writer.storage.close_chunk()
+    data = (path / "plain.mcap").read_bytes()
+    errors = [read_corrupted(path, data, *corruption)[1] for corruption in corruptions(len(data), 150)]
+    assert any(errors) and not all(errors)

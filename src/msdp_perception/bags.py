@@ -12,6 +12,15 @@ cannot open. Here:
 - ``recover_bag`` turns an unfinished bag into a normal one (``metadata.yaml`` and an indexed MCAP) that
   ``ros2 bag info`` and rosbags' own Reader accept.
 
+Integrity: the MCAP files written here carry real CRC-32s (of each chunk's records, of the data section and of
+the summary) where rosbags writes 0, "not computed". Reading checks the summary's CRC when a file is opened (a
+summary that fails it is not trusted: the file is scanned like an unfinished one) and each chunk's CRC when the
+chunk is read; a CRC of 0 (older files, other writers) is not checked. Damage (a chunk failing its CRC check, a
+record that cannot be parsed) makes ``BagReader.messages`` / ``raw_messages`` raise ``BagDamaged``, but only after
+yielding every message logged before the damaged chunk; its one-line message names the file, the byte and the
+time. Callers that can use the readable part catch it: ``BagDataset`` keeps the samples before the damage and
+logs the line, ``recover_bag`` copies those messages into a repaired bag and keeps the damaged file.
+
 Every error is a ``BagError`` naming the file or folder and what is wrong with it.
 """
 
@@ -26,17 +35,29 @@ import sqlite3
 import struct
 import tempfile
 import threading
+import zlib
 from collections import Counter
-from collections.abc import Collection, Iterator
-from contextlib import ExitStack, closing
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator
+from contextlib import ExitStack, closing, suppress
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from rosbags.interfaces import Connection, ConnectionExtRosbag2, MessageDefinitionFormat
 from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer, WriterError
-from rosbags.rosbag2.storage_mcap import McapWriter, Schema, decompress, get_msgdef, get_qos
-from rosbags.rosbag2.storage_sqlite3 import Sqlite3Writer
+from rosbags.rosbag2.reader import DirectoryReader
+from rosbags.rosbag2.storage_mcap import (
+    DECOMPRESSORS,
+    ChunkInfo,
+    McapReader,
+    McapWriter,
+    Schema,
+    get_msgdef,
+    get_qos,
+    zstd,
+)
+from rosbags.rosbag2.storage_sqlite3 import Sqlite3Reader, Sqlite3Writer
 from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
@@ -48,22 +69,101 @@ _log = logging.getLogger(__name__)
 _MCAP_MAGIC = b"\x89MCAP0\r\n"
 _OP_FOOTER, _OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK, _OP_DATA_END = 0x02, 0x03, 0x04, 0x05, 0x06, 0x0F
 _FOOTER_SIZE = 1 + 8 + 20 + len(_MCAP_MAGIC)  # opcode, length, summary start, summary offset start, crc; magic
+_FOOTER_CRC = 1 + 8 + 16  # where the summary's CRC lies in the footer; it covers the footer up to there
+_DATA_END_SIZE = 1 + 8 + 4  # opcode, length, data section CRC
 
 
 class BagError(RuntimeError):
     """A bag cannot be written or read; the message names the file or folder and what is wrong."""
 
 
+class _Damage(Exception):
+    """Raised by the MCAP readers; ``BagReader`` turns it into a ``BagDamaged`` that also says what it read."""
+
+    def __init__(self, file: Path, what: str, after_ns: int):
+        super().__init__(what)
+        self.file, self.what, self.after_ns = file, what, after_ns
+
+
+class BagDamaged(BagError):
+    """Part of a storage file fails its checks; raised after every message logged before ``after_ns`` was read.
+
+    ``file`` is the damaged storage file, ``messages_read`` how many messages the interrupted iteration yielded.
+    """
+
+    def __init__(self, damage: _Damage, messages_read: int):
+        self.file, self.after_ns, self.messages_read = damage.file, damage.after_ns, messages_read
+        super().__init__(
+            f"{damage.file}: {damage.what}: the bag is damaged after t={damage.after_ns * 1e-9:.3f} s; "
+            f"{messages_read} messages before it were read"
+        )
+
+
 # ---------------------------------------------------------------------------------------------------- writing
 
 
+class _Staged:
+    """Takes the file's place while rosbags writes records, so that their CRC fields can be filled in first."""
+
+    def __init__(self, offset: int):
+        self.offset = offset
+        self.data = bytearray()
+
+    def tell(self) -> int:
+        return self.offset + len(self.data)
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.data += data
+        return len(data)
+
+    def close(self) -> None:
+        """rosbags' ``close`` ends by closing the file; ``_FlushingMcapStorage.close`` closes the real one."""
+
+
 class _FlushingMcapStorage(McapWriter):
-    """rosbags' MCAP storage with ``flush``: close the pending chunk and hand it to the OS."""
+    """rosbags' MCAP storage with ``flush``, and with the CRC-32s that rosbags leaves at 0 ("not computed")."""
+
+    def __init__(self, path: Path, compression: Any) -> None:
+        super().__init__(path, compression)
+        self.bio.flush()
+        self._data_crc = zlib.crc32(self.path.read_bytes())  # of the data section so far: magic and header
 
     def flush(self) -> None:
+        """Close the pending chunk and hand it to the OS."""
         if self.chunk.msgs:
             self.close_chunk()
         self.bio.flush()
+
+    def close_chunk(self) -> None:
+        crc = zlib.crc32(self.chunk.bio.getbuffer())
+        records = self._staged(super().close_chunk)  # the chunk and its message indexes
+        records[9 + 24 : 9 + 28] = crc.to_bytes(4, "little")  # Chunk.uncompressed_crc
+        self._data_crc = zlib.crc32(records, self._data_crc)
+        self.bio.write(records)
+
+    def close(self, version: int, metadata: str) -> None:
+        if self.chunk.bio.tell():
+            self.close_chunk()
+        start = self.bio.tell()
+        tail = self._staged(partial(super().close, version, metadata))  # metadata, DataEnd, summary, footer
+        footer = len(tail) - _FOOTER_SIZE
+        summary = struct.unpack_from("<Q", tail, footer + 9)[0] - start
+        data_end = summary - _DATA_END_SIZE
+        tail[data_end + 9 : summary] = zlib.crc32(tail[:data_end], self._data_crc).to_bytes(4, "little")
+        tail[footer + _FOOTER_CRC : footer + _FOOTER_CRC + 4] = zlib.crc32(
+            tail[summary : footer + _FOOTER_CRC]
+        ).to_bytes(4, "little")
+        self.bio.write(tail)
+        self.bio.close()
+
+    def _staged(self, write: Callable[[], None]) -> bytearray:
+        """What ``write`` makes rosbags write to the file, held back instead."""
+        file, self.bio = self.bio, _Staged(self.bio.tell())
+        try:
+            write()
+            return self.bio.data
+        finally:
+            self.bio = file
 
 
 class _FlushingSqlite3Storage(Sqlite3Writer):
@@ -216,12 +316,43 @@ class BagWriter:
 
 @dataclass(frozen=True)
 class _Chunk:
+    offset: int  # of the Chunk record in the file
     start_time: int
-    data_offset: int  # file offset of the (compressed) records
+    end_time: int
+    data_offset: int  # of its (compressed) records
     compressed_size: int
     uncompressed_size: int
     compression: str
     crc: int
+
+    def damage(self, file: Path, problem: str) -> _Damage:
+        where = f"chunk at byte {self.offset} (messages from t={self.start_time * 1e-9:.3f} s to"
+        return _Damage(file, f"{where} {self.end_time * 1e-9:.3f} s) {problem}", self.start_time)
+
+
+def _chunk_header(body: bytes | memoryview, offset: int) -> _Chunk:
+    """The fields of the Chunk record at ``offset``; ``body`` starts after its opcode and length."""
+    start_time, end_time, uncompressed_size, crc = struct.unpack_from("<QQQI", body, 0)
+    compression, position = _read_string(body, 28)
+    (compressed_size,) = struct.unpack_from("<Q", body, position)
+    data_offset = offset + 9 + position + 8
+    return _Chunk(offset, start_time, end_time, data_offset, compressed_size, uncompressed_size, compression, crc)
+
+
+def _uncompressed(file: Path, chunk: _Chunk, data: bytes | memoryview) -> bytes:
+    """A chunk's records, checked against their size and CRC-32 (0: the writer computed none)."""
+    decompress = DECOMPRESSORS.get(chunk.compression)
+    if decompress is None:
+        raise chunk.damage(file, f"has an unknown compression {chunk.compression!r}")
+    try:
+        records = decompress(bytes(data), chunk.uncompressed_size)
+    except (RuntimeError, zstd.ZstdError, MemoryError) as exc:  # lz4 raises RuntimeError
+        raise chunk.damage(file, f"cannot be decompressed ({exc})") from exc
+    if len(records) != chunk.uncompressed_size:
+        raise chunk.damage(file, f"holds {len(records)} bytes of records, not {chunk.uncompressed_size}")
+    if chunk.crc and zlib.crc32(records) != chunk.crc:
+        raise chunk.damage(file, "fails its CRC check")
+    return records
 
 
 def _records(buffer: bytes | memoryview) -> Iterator[tuple[int, memoryview]]:
@@ -239,7 +370,15 @@ def _records(buffer: bytes | memoryview) -> Iterator[tuple[int, memoryview]]:
         position = end
 
 
-def _read_string(body: memoryview, position: int) -> tuple[str, int]:
+def _message_header(record: memoryview) -> tuple[int, int]:
+    """(channel, log time) of a Message record's body."""
+    if len(record) < 22:
+        raise ValueError(f"message record of {len(record)} bytes is too short")
+    channel, _, log_time = struct.unpack_from("<HIQ", record, 0)
+    return channel, log_time
+
+
+def _read_string(body: bytes | memoryview, position: int) -> tuple[str, int]:
     (length,) = struct.unpack_from("<I", body, position)
     end = position + 4 + length
     if end > len(body):
@@ -247,21 +386,57 @@ def _read_string(body: memoryview, position: int) -> tuple[str, int]:
     return bytes(body[position + 4 : end]).decode(), end
 
 
+_Item = tuple[int, int, int, bytes]  # log time, order (a placeholder's is negative), channel (-1: placeholder), data
+
+
+def _read_chunk(
+    file: BinaryIO, path: Path, chunk: _Chunk, wanted: Collection[int], order: Iterator[int]
+) -> list[_Item]:
+    """The messages of the wanted channels in a chunk, sorted; damage raises ``_Damage``."""
+    file.seek(chunk.data_offset)
+    records = _uncompressed(path, chunk, file.read(chunk.compressed_size))
+    messages = []
+    try:
+        for op, record in _records(records):
+            if op == _OP_MESSAGE:
+                channel, log_time = _message_header(record)
+                if channel in wanted:
+                    messages.append((log_time, next(order), channel, bytes(record[22:])))
+    except ValueError as exc:
+        raise chunk.damage(path, f"holds an invalid record ({exc})") from exc
+    return sorted(messages)
+
+
+def _when_due(start_time: int, key: int, read: Callable[[], list[_Item]]) -> Iterator[_Item]:
+    """A chunk for ``heapq.merge``: a placeholder at its start time, so that it is read only once it is due."""
+    yield start_time, key, -1, b""
+    yield from read()
+
+
+def _merged(sources: list[Iterator[_Item]], wanted: dict[int, Connection]) -> Iterator[tuple[Connection, int, bytes]]:
+    for log_time, _, channel, data in heapq.merge(*sources):
+        if channel >= 0:
+            yield wanted[channel], log_time, data
+
+
 class _McapScanReader:
     """Reads an MCAP file front to back without its summary section: for a file whose writer never finished.
 
-    Stops at the first incomplete or invalid record (a killed writer leaves a partly written one at the end)
-    and says why in ``problem``. Same interface as rosbags' Reader (``connections``, ``messages``).
+    Stops at the first incomplete record (a killed writer leaves a partly written one at the end) and says why in
+    ``problem``, or at the first damaged one (``damage``: ``messages`` raises it after the messages before it).
+    Same interface as rosbags' Reader (``connections``, ``messages``).
     """
 
     def __init__(self, path: Path):
         self.path = path
         self.problem = ""
+        self.damage: _Damage | None = None
         self.connections: list[Connection] = []
         self._schemas: dict[int, Schema] = {}
         self._chunks: list[_Chunk] = []
         self._loose: list[tuple[int, int, int, int]] = []  # messages outside chunks: time, channel, offset, size
         self._counts: Counter[int] = Counter()
+        self._last_time = 0  # of the messages found so far
         self._file = path.open("rb")
         try:
             self._scan()
@@ -292,40 +467,44 @@ class _McapScanReader:
                 return
             try:
                 if op == _OP_CHUNK:
-                    self._scan_chunk(file.read(length), position + 9)
+                    self._scan_chunk(position, memoryview(file.read(length)))
                 elif op == _OP_MESSAGE:
-                    if length < 22:
-                        raise ValueError(f"message record of {length} bytes is too short")
-                    channel, _, log_time = struct.unpack("<HIQ", file.read(14))
+                    channel, log_time = _message_header(memoryview(file.read(min(length, 22))))
                     self._loose.append((log_time, channel, position + 9 + 22, length - 22))
                     self._counts[channel] += 1
+                    self._last_time = max(self._last_time, log_time)
                 elif op in (_OP_SCHEMA, _OP_CHANNEL):
                     self._definition(op, memoryview(file.read(length)))
-            except (ValueError, struct.error, ReaderError, LookupError) as exc:
-                self.problem = f"its record at byte {position} is invalid ({exc})"
+            except _Damage as damage:
+                self.damage = damage
+                return
+            except (ValueError, struct.error, ReaderError, LookupError, TypeError) as exc:  # TypeError: bad QoS
+                self.damage = _Damage(self.path, f"record at byte {position} is invalid ({exc})", self._last_time)
                 return
             position = end
 
-    def _scan_chunk(self, body: bytes, body_offset: int) -> None:
-        start_time, _, uncompressed_size, crc = struct.unpack_from("<QQQI", body, 0)
-        compression, position = _read_string(memoryview(body), 28)
-        (compressed_size,) = struct.unpack_from("<Q", body, position)
-        position += 8
-        if position + compressed_size > len(body):
+    def _scan_chunk(self, offset: int, body: memoryview) -> None:
+        chunk = _chunk_header(body, offset)
+        data_start = chunk.data_offset - offset - 9
+        if data_start + chunk.compressed_size > len(body):
             raise ValueError("compressed records run past the chunk")
-        chunk = _Chunk(start_time, body_offset + position, compressed_size, uncompressed_size, compression, crc)
-        for op, record in _records(self._decompress(chunk, body[position : position + compressed_size])):
-            if op == _OP_MESSAGE:
-                if len(record) < 22:
-                    raise ValueError(f"message record of {len(record)} bytes is too short")
-                self._counts[struct.unpack_from("<H", record, 0)[0]] += 1
-            elif op in (_OP_SCHEMA, _OP_CHANNEL):
-                self._definition(op, record)
-        self._chunks.append(chunk)
-
-    @staticmethod
-    def _decompress(chunk: _Chunk, data: bytes) -> bytes:
-        return decompress(data, chunk.compression, chunk.uncompressed_size, chunk.crc)
+        records = _uncompressed(self.path, chunk, body[data_start : data_start + chunk.compressed_size])
+        counts: Counter[int] = Counter()
+        times = []
+        try:
+            for op, record in _records(records):
+                if op == _OP_MESSAGE:
+                    channel, log_time = _message_header(record)
+                    counts[channel] += 1
+                    times.append(log_time)
+                elif op in (_OP_SCHEMA, _OP_CHANNEL):
+                    self._definition(op, record)
+        except (ValueError, struct.error, ReaderError, LookupError, TypeError) as exc:
+            raise chunk.damage(self.path, f"holds an invalid record ({exc})") from exc
+        self._counts += counts
+        self._last_time = max([self._last_time, *times])
+        # its first message's time: the header's start time is not covered by the CRC
+        self._chunks.append(replace(chunk, start_time=min(times, default=chunk.start_time)))
 
     def _definition(self, op: int, body: memoryview) -> None:
         (key,) = struct.unpack_from("<H", body, 0)
@@ -349,31 +528,19 @@ class _McapScanReader:
         self.connections.append(Connection(key, topic, schema.name, get_msgdef(schema), "", 0, ext, self))
 
     def messages(self, connections: Collection[Connection] = ()) -> Iterator[tuple[Connection, int, bytes]]:
-        """Messages in log-time order (chunks are merged lazily, as rosbags does)."""
+        """Messages in log-time order (chunks are merged lazily, as rosbags does), then the damage, if any."""
         wanted = {c.id: c for c in (connections or self.connections)}
         order = itertools.count()
-        sources = [self._chunk_messages(i, chunk, wanted, order) for i, chunk in enumerate(self._chunks)]
+        sources = [
+            _when_due(chunk.start_time, -1 - i, partial(_read_chunk, self._file, self.path, chunk, wanted, order))
+            for i, chunk in enumerate(self._chunks)
+        ]
         sources.append(self._loose_messages(wanted, order))
-        for log_time, _, channel, data in heapq.merge(*sources):
-            if channel >= 0:
-                yield wanted[channel], log_time, data
+        yield from _merged(sources, wanted)
+        if self.damage is not None:
+            raise self.damage
 
-    def _chunk_messages(
-        self, index: int, chunk: _Chunk, wanted: dict[int, Connection], order: Iterator[int]
-    ) -> Iterator[tuple[int, int, int, bytes]]:
-        yield chunk.start_time, -1 - index, -1, b""  # placeholder: heapq.merge decompresses a chunk only when due
-        self._file.seek(chunk.data_offset)
-        messages = []
-        for op, record in _records(self._decompress(chunk, self._file.read(chunk.compressed_size))):
-            if op == _OP_MESSAGE:
-                channel, _, log_time = struct.unpack_from("<HIQ", record, 0)
-                if channel in wanted:
-                    messages.append((log_time, next(order), channel, bytes(record[22:])))
-        yield from sorted(messages)
-
-    def _loose_messages(
-        self, wanted: dict[int, Connection], order: Iterator[int]
-    ) -> Iterator[tuple[int, int, int, bytes]]:
+    def _loose_messages(self, wanted: dict[int, Connection], order: Iterator[int]) -> Iterator[_Item]:
         for log_time, channel, offset, size in sorted(self._loose):
             if channel in wanted:
                 self._file.seek(offset)
@@ -383,13 +550,89 @@ class _McapScanReader:
         self._file.close()
 
 
-def _mcap_has_footer(path: Path) -> bool:
+class _CheckedMcapReader(McapReader):
+    """rosbags' MCAP storage reader for the summary (connections, counts, chunk index); the chunks are read and
+    checked here."""
+
+    def open(self) -> None:
+        try:
+            super().open()
+        except ReaderError as exc:
+            raise BagError(f"cannot read {self.path}: {exc}") from exc
+        except Exception as exc:  # rosbags' parser raises whatever a damaged header or summary provokes
+            raise BagError(f"cannot read {self.path}: its header or summary is invalid ({exc!r})") from exc
+
+    def messages(
+        self, connections: Collection[Connection], start: int | None = None, stop: int | None = None
+    ) -> Iterator[tuple[Connection, int, bytes]]:
+        """Messages in log-time order; a damaged chunk raises ``_Damage`` when it is due."""
+        assert start is None and stop is None, "BagReader reads whole files"
+        if not self.chunks:  # not written by BagWriter: its messages lie outside chunks, which the scan reads
+            with closing(_McapScanReader(Path(self.path))) as scan:
+                yield from scan.messages(connections)
+            return
+        wanted = {c.id: c for c in connections}
+        order = itertools.count()
+        sources = [
+            _when_due(info.message_start_time, -1 - i, partial(self._read_indexed, info, wanted, order))
+            for i, info in enumerate(self.chunks)
+        ]
+        yield from _merged(sources, wanted)
+
+    def _read_indexed(self, info: ChunkInfo, wanted: Collection[int], order: Iterator[int]) -> list[_Item]:
+        """The chunk the summary's index entry points to, if it is there as indexed."""
+        assert self.bio is not None
+        path = Path(self.path)
+        data_offset = info.chunk_start_offset + 9 + 40 + len(info.compression.encode())
+        indexed = _Chunk(
+            info.chunk_start_offset, info.message_start_time, info.message_end_time, data_offset,
+            info.compressed_size, info.uncompressed_size, info.compression, 0,
+        )  # fmt: skip
+        if info.chunk_start_offset + info.chunk_length > os.fstat(self.bio.fileno()).st_size:
+            raise indexed.damage(path, "is indexed past the end of the file")
+        self.bio.seek(info.chunk_start_offset)
+        head = memoryview(self.bio.read(data_offset - info.chunk_start_offset))
+        try:
+            op, length = struct.unpack_from("<BQ", head, 0)
+            chunk = _chunk_header(head[9:], info.chunk_start_offset)
+        except (ValueError, struct.error) as exc:
+            raise indexed.damage(path, f"has an invalid header ({exc})") from exc
+        if (op, length, chunk) != (_OP_CHUNK, info.chunk_length - 9, replace(indexed, crc=chunk.crc)):
+            raise indexed.damage(path, "does not match the summary's index of it")
+        return _read_chunk(self.bio, path, chunk, wanted, order)
+
+
+class _DirectoryReader(DirectoryReader):
+    STORAGE_PLUGINS = {"mcap": _CheckedMcapReader, "sqlite3": Sqlite3Reader}
+
+
+class _CheckingReader(Reader):
+    """rosbags' Reader, reading MCAP files with ``_CheckedMcapReader``."""
+
+    STORAGE_PLUGINS = {"dir": _DirectoryReader, ".mcap": _CheckedMcapReader, ".db3": Sqlite3Reader}
+
+
+def _mcap_summary_problem(path: Path) -> str:
+    """Why the file's summary cannot be used ("" if it can): it has no footer or no summary, or the summary fails
+    its CRC check. Such a file is scanned."""
     with path.open("rb") as file:
-        if os.fstat(file.fileno()).st_size < 2 * len(_MCAP_MAGIC) + _FOOTER_SIZE:
-            return False
-        file.seek(-_FOOTER_SIZE, os.SEEK_END)
-        tail = file.read()
-    return tail[0] == _OP_FOOTER and tail.endswith(_MCAP_MAGIC)
+        size = os.fstat(file.fileno()).st_size
+        if size < 2 * len(_MCAP_MAGIC) + _FOOTER_SIZE:
+            return "its summary and footer are missing"
+        footer_start = file.seek(-_FOOTER_SIZE, os.SEEK_END)
+        footer = file.read()
+        if footer[:9] != struct.pack("<BQ", _OP_FOOTER, 20) or not footer.endswith(_MCAP_MAGIC):
+            return "its summary and footer are missing"
+        summary_start, _, crc = struct.unpack_from("<QQI", footer, 9)
+        if not summary_start:
+            return "it has no summary"
+        if not crc:
+            return ""
+        if summary_start > footer_start:
+            return f"its footer puts the summary at byte {summary_start}, past the footer at byte {footer_start}"
+        file.seek(summary_start)
+        summary = file.read(footer_start - summary_start) + footer[:_FOOTER_CRC]
+    return "" if zlib.crc32(summary) == crc else "its summary fails its CRC check"
 
 
 def _sqlite_leftovers(path: Path) -> list[Path]:
@@ -419,7 +662,8 @@ class BagReader:
     """Reads a rosbag2 folder (MCAP or sqlite3), whole or left unfinished by a killed writer.
 
     ``topics`` maps topic -> message type, ``message_counts`` topic -> messages; ``needs_recovery`` is True
-    for an unfinished bag (it is still read, up to its last complete message; ``recover_bag`` repairs it).
+    for an unfinished bag or an MCAP file without a usable summary (it is still read, up to its last complete
+    message; ``recover_bag`` repairs it).
     """
 
     def __init__(self, path: Path | str):
@@ -461,7 +705,7 @@ class BagReader:
         return STORAGE_SUFFIXES[self.files[0].suffix] if self.files else "mcap"
 
     def _open(self) -> None:
-        unfinished = {f for f in self.files if f.suffix == ".mcap" and not _mcap_has_footer(f)}
+        unfinished = {f: problem for f in self.files if f.suffix == ".mcap" and (problem := _mcap_summary_problem(f))}
         leftovers = {f: _sqlite_leftovers(f) for f in self.files if f.suffix == ".db3"}
         if not (self.path / "metadata.yaml").exists():
             self.problems.append("it has no metadata.yaml")
@@ -472,14 +716,14 @@ class BagReader:
         for file in self.files:
             if file in unfinished:
                 reader = self._stack.enter_context(closing(self._scan_reader(file)))
-                self.problems.append(f"{file.name}: {reader.problem or 'its summary and footer are missing'}")
+                self.problems.append(f"{file.name}: {reader.problem or unfinished[file]}")
                 self._readers.append(reader)
             elif leftovers.get(file):
                 self._readers.append(self._rosbags_reader(self._settled_copy(file)))
             else:
                 self._readers.append(self._rosbags_reader(file))
         _log.warning(
-            "bag %s was not closed properly (%s); reading its %d complete messages. recover_bag repairs it.",
+            "bag %s needs recovery (%s); reading its %d complete messages. recover_bag repairs it.",
             self.path, "; ".join(self.problems), sum(c.msgcount for r in self._readers for c in r.connections),
         )  # fmt: skip
 
@@ -491,7 +735,7 @@ class BagReader:
 
     def _rosbags_reader(self, path: Path) -> Reader:
         try:
-            reader = Reader(path)
+            reader = _CheckingReader(path)
             reader.open()
         except (ReaderError, OSError, KeyError, ValueError) as exc:
             raise BagError(f"cannot read bag {path}: {exc}") from exc
@@ -524,15 +768,23 @@ class BagReader:
         return dict(counts)
 
     def raw_messages(self, topics: Collection[str] | None = None) -> Iterator[tuple[Connection, int, bytes]]:
-        """(connection, bag timestamp ns, CDR bytes), in time order within each storage file."""
+        """(connection, bag timestamp ns, CDR bytes), in time order within each storage file.
+
+        Raises ``BagDamaged`` where a storage file is damaged, after yielding every message logged before it.
+        """
+        read = 0
         for reader in self._readers:
             selected = [c for c in reader.connections if topics is None or c.topic in topics]
             if not selected:
                 continue
             where = getattr(reader, "path", self.path)
             try:
-                yield from reader.messages(selected)
-            except (ReaderError, OSError, ValueError, struct.error) as exc:
+                for message in reader.messages(selected):
+                    yield message
+                    read += 1
+            except _Damage as damage:
+                raise BagDamaged(damage, read) from None
+            except (ReaderError, OSError, ValueError, struct.error, sqlite3.Error) as exc:
                 raise BagError(f"cannot read bag {where}: {exc}") from exc
 
     def messages(self, topics: Collection[str] | None = None) -> Iterator[tuple[str, str, int, Any]]:
@@ -573,19 +825,22 @@ def bag_topics(path: Path | str) -> dict[str, str]:
 
 
 def recover_bag(path: Path | str) -> int:
-    """Rebuild a bag whose writer was killed into a normal one; return the number of messages it holds.
+    """Rebuild an unfinished or damaged bag into a normal one; return the number of messages it holds.
 
-    The complete messages are copied into a fresh bag of the same storage kind, which then replaces the
-    original files: an indexed MCAP (or a database without leftover journal) and metadata.yaml. A bag that
-    needs no recovery is left untouched.
+    The readable messages are copied into a fresh bag of the same storage kind, which then replaces the
+    original files: an indexed MCAP (or a database without leftover journal) and metadata.yaml. Of a damaged
+    bag, those are the messages logged before the damage; the damaged file is kept as ``<name>.damaged`` (later
+    chunks may be intact) and the damage is logged. A bag that reads completely and needs no recovery is left
+    untouched.
     """
     path = Path(path)
     with BagReader(path) as reader:
         if not reader.needs_recovery:
-            return sum(reader.message_counts.values())
+            with suppress(BagDamaged):
+                return sum(1 for _ in reader.raw_messages())  # reading checks every chunk
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.recover-", dir=path.parent))
         try:
-            count = _copy_bag(reader, staging / path.name)
+            count, damage = _copy_bag(reader, staging / path.name)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -594,22 +849,33 @@ def recover_bag(path: Path | str) -> int:
         for old in reader.files:  # a journal left next to the new database would be applied to it
             for leftover in _sqlite_leftovers(old):
                 leftover.unlink()
+        if damage is not None:
+            os.replace(damage.file, damage.file.with_name(damage.file.name + ".damaged"))
         os.replace(new_file, path / new_file.name)
         os.replace(staging / path.name / "metadata.yaml", path / "metadata.yaml")
         for old in reader.files:
-            if old.name != new_file.name:
+            if old.name != new_file.name and (damage is None or old != damage.file):
                 old.unlink()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _log.info("recovered bag %s: %d messages", path, count)
+    if damage is not None:
+        _log.warning("%s; recovered bag %s holds those %d messages, the damaged file is kept as %s.damaged",
+                     damage, path, count, damage.file.name)  # fmt: skip
+    else:
+        _log.info("recovered bag %s: %d messages", path, count)
     return count
 
 
-def _copy_bag(reader: BagReader, destination: Path) -> int:
-    """Copy every readable message, with its topic's type and QoS, into a new bag; return how many."""
+def _copy_bag(reader: BagReader, destination: Path) -> tuple[int, BagDamaged | None]:
+    """Copy every readable message, with its topic's type and QoS, into a new bag; return how many, and the
+    damage that ended the copy early, if any."""
+    damage = None
     with BagWriter(destination, storage=reader.storage, flush_period=3600.0) as writer:
         for c in reader.connections:
             writer._add_topic(c.topic, c.msgtype, reader.typestore, c.ext.offered_qos_profiles)
-        for connection, timestamp, data in reader.raw_messages():
-            writer.write_raw(connection.topic, timestamp, data)
-    return writer.message_count
+        try:
+            for connection, timestamp, data in reader.raw_messages():
+                writer.write_raw(connection.topic, timestamp, data)
+        except BagDamaged as exc:
+            damage = exc
+    return writer.message_count, damage

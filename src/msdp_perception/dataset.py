@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import zipfile
 from collections.abc import Sequence
@@ -19,16 +20,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from msdp_perception.bags import STORAGE_SUFFIXES, BagError, BagReader
-from msdp_perception.messages import (
-    SensorDataError,
-    image_from_msg,
-    proprio_from_joint_state,
-    stamp_nanoseconds,
-    wrench_from_msg,
-)
+from msdp import vocabulary as vocab
+from msdp_perception.bags import STORAGE_SUFFIXES, BagDamaged, BagError, BagReader
+from msdp_perception.messages import SensorDataError, image_from_msg, proprio_from_joint_state
 from msdp_perception.observation import MODALITIES, N_JOINTS, SensorSynchronizer, SyncConfig
 
+_log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when the decoding changes, so old cache files are not reused
 ARRAYS = ("images", "wrench", "proprio", "present", "stamps", "actions", "next_index")
 
@@ -37,24 +34,24 @@ ARRAYS = ("images", "wrench", "proprio", "present", "stamps", "actions", "next_i
 class BagTopics:
     """Topic names of the recorded streams (the action topic is optional)."""
 
-    image: str = "/camera/image_raw"
-    wrench: str = "/ft_sensor/wrench"
-    joint_states: str = "/joint_states"
-    action: str = "/msdp/action"
+    image: str = vocab.IMAGE.name
+    wrench: str = vocab.WRENCH.name
+    joint_states: str = vocab.JOINT_STATES.name
+    action: str = vocab.ACTION.name
 
 
 EXPECTED_TYPES = {
-    "image": "sensor_msgs/msg/Image",
-    "wrench": "geometry_msgs/msg/WrenchStamped",
-    "joint_states": "sensor_msgs/msg/JointState",
-    "action": "geometry_msgs/msg/TwistStamped",
+    "image": vocab.IMAGE.msgtype,
+    "wrench": vocab.WRENCH.msgtype,
+    "joint_states": vocab.JOINT_STATES.msgtype,
+    "action": vocab.ACTION.msgtype,
 }
 
 
 def _action_from_msg(msg) -> np.ndarray:
     """TwistStamped -> (dx, dy, dz, dyaw): the commanded end-effector displacement of one policy step."""
-    linear, angular = msg.twist.linear, msg.twist.angular
-    return np.array([linear.x, linear.y, linear.z, angular.z], dtype=np.float32)
+    linear, yaw = vocab.displacement_from_twist(msg)
+    return np.array([*linear, yaw], dtype=np.float32)
 
 
 def decode_bag(path: Path, sync: SyncConfig, topics: BagTopics, progress: bool = True) -> dict[str, np.ndarray]:
@@ -65,18 +62,21 @@ def decode_bag(path: Path, sync: SyncConfig, topics: BagTopics, progress: bool =
         readings: dict[str, list[tuple[int, np.ndarray]]] = {name: [] for name in EXPECTED_TYPES}
         decoders = {
             topics.image: ("image", lambda msg: image_from_msg(msg, sync.image_size)),
-            topics.wrench: ("wrench", wrench_from_msg),
+            topics.wrench: ("wrench", vocab.wrench_array),
             topics.joint_states: ("joint_states", proprio_from_joint_state),
             topics.action: ("action", _action_from_msg),
         }
         total = sum(reader.message_counts[t] for t in wanted)
         messages = tqdm(reader.messages(wanted), total=total, desc=path.name, unit="msg", disable=not progress)
-        for topic, _, timestamp, msg in messages:
-            name, decode = decoders[topic]
-            try:
-                readings[name].append((stamp_nanoseconds(msg.header), decode(msg)))
-            except SensorDataError as exc:
-                raise BagError(f"bag {path}: topic {topic}, message at {timestamp} ns: {exc}") from exc
+        try:
+            for topic, _, timestamp, msg in messages:
+                name, decode = decoders[topic]
+                try:
+                    readings[name].append((vocab.stamp_nanoseconds(msg.header), decode(msg)))
+                except SensorDataError as exc:
+                    raise BagError(f"bag {path}: topic {topic}, message at {timestamp} ns: {exc}") from exc
+        except BagDamaged as exc:  # the samples before the damage are sound
+            _log.warning("%s; using the samples before it", exc)
     return _synchronise(readings, sync)
 
 
