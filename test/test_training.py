@@ -1,8 +1,10 @@
 """The fast in-process loop (msdp train / msdp eval): evaluation rows, checkpoints, resume, variants, errors."""
 
 import csv
+import itertools
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,12 +13,14 @@ import yaml
 
 from msdp.cli import main as msdp
 from msdp.config import ConfigError, from_dict
+from msdp.metrics import read_rows, write_rows
 from msdp_perception.checkpoint import save_encoder
 from msdp_perception.model import MSDPConfig, MSDPModel
-from msdp_policy.evaluation import evaluate_policy
+from msdp_policy import training
+from msdp_policy.evaluation import Perturbations, evaluate, evaluate_policy
 from msdp_policy.policy import load_policy
 from msdp_policy.training import TrainConfig, Trainer, train
-from msdp_policy.transition_log import TransitionReader
+from msdp_policy.transition_log import LOG_FILE, CorruptRecordWarning, TransitionReader
 
 SMALL = {
     "steps": 40, "random_steps": 20, "update_after": 10, "eval_every": 20, "eval_episodes": 1,
@@ -120,7 +124,7 @@ def test_bad_settings_are_refused_with_the_parameter_named(tmp_path, encoder):
 
 
 def test_recorded_bags_become_offline_data_that_rlpd_mixes_in(tmp_path, encoder, capsys):
-    from msdp_perception.collect import CollectConfig, collect_to_bags
+    from msdp_franka_driver.sim.collect import CollectConfig, collect_to_bags
     from msdp_perception.dataset import BagDataset
 
     task = {"max_episode_steps": 25}
@@ -158,3 +162,131 @@ def test_recorded_bags_become_offline_data_that_rlpd_mixes_in(tmp_path, encoder,
                 writer.write(topic, timestamp, msg)
         msdp(["offline-log", "--bags", str(tmp_path / "no_goal"), "--encoder", str(encoder),
               "--out", str(tmp_path / "offline2")])  # fmt: skip
+
+
+def evaluated_steps(run) -> list[int]:
+    return [int(r["env_steps"]) for r in rows(run)]
+
+
+def kept_steps(run) -> list[int]:
+    """The step of each per-evaluation checkpoint, as its own sidecar records it."""
+    kept = sorted((run / "checkpoints").glob("*.safetensors"))
+    return [load_policy(path).info.training["env_steps"] for path in kept]
+
+
+def test_steps_before_the_first_update_are_counted(tmp_path, encoder):
+    # update_after beyond the run: the loop never reads the log to learn, and still counts every step
+    config = from_dict(TrainConfig, {**SMALL, "steps": 30, "update_after": 100})
+    run = tmp_path / "run"
+    assert train(config, encoder, run, progress=False)["env_steps"] == 30
+    assert evaluated_steps(run) == [0, 20, 30] == kept_steps(run)
+    assert [int(r["episodes"]) for r in rows(run)] == [0, 2, 3]  # 8-step episodes
+    assert load_policy(run / "policy.safetensors").info.training["env_steps"] == 30
+
+    assert train(replace(config, steps=50), encoder, run, resume=True, progress=False)["env_steps"] == 50
+    assert evaluated_steps(run) == [0, 20, 30, 40, 50] == kept_steps(run)
+    again = train(replace(config, steps=50), encoder, run, resume=True, progress=False)  # nothing left to do
+    assert again["env_steps"] == 50 and again["final"]["env_steps"] == 50
+    assert evaluated_steps(run) == [0, 20, 30, 40, 50]  # the evaluation at 50 is not written twice
+    with pytest.raises(ConfigError, match="parameter 'steps': 40 is fewer than the 50 environment steps"):
+        train(replace(config, steps=40), encoder, run, resume=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("steps", "eval_every", "resume_to", "points"),
+    [
+        (25, 10, None, [0, 10, 20, 25]),
+        (20, 10, None, [0, 10, 20]),  # the end is an evaluation point anyway: evaluated once
+        (7, 3, 20, [0, 3, 6, 7, 9, 12, 15, 18, 20]),  # a resume evaluates the points after the first run's end
+    ],
+)
+def test_evaluation_points_are_exact(tmp_path, encoder, steps, eval_every, resume_to, points):
+    config = from_dict(TrainConfig, {**SMALL, "steps": steps, "eval_every": eval_every, "update_after": 15})
+    run = tmp_path / "run"
+    assert train(config, encoder, run, progress=False)["env_steps"] == steps
+    if resume_to is not None:
+        assert train(replace(config, steps=resume_to), encoder, run, resume=True, progress=False)["env_steps"] == 20
+    assert evaluated_steps(run) == points == kept_steps(run)
+
+
+class Killed(Exception):
+    """Stands for a kill: the run stops where it is, with no clean-up."""
+
+
+def kill_on_call(monkeypatch, name: str, call: int) -> None:
+    """Make ``msdp_policy.training.<name>`` raise Killed on its ``call``-th call; the calls before run as usual."""
+    original, calls = getattr(training, name), itertools.count(1)
+
+    def killed_on_call(*args, **kwargs):
+        if next(calls) == call:
+            raise Killed
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, name, killed_on_call)
+
+
+@pytest.mark.parametrize(
+    ("name", "call", "points"),
+    [
+        ("evaluate", 1, [0, 20, 40, 60, 70]),  # in the untrained policy's evaluation
+        ("evaluate", 2, [0, 20, 40, 60, 70]),
+        ("evaluate", 4, [0, 20, 40, 50, 60, 70]),  # in the first run's final evaluation, at 50
+        ("save_policy", 4, [0, 20, 40, 60, 70]),  # after policy.safetensors, before checkpoints/policy_0000020
+    ],
+)
+def test_a_kill_during_an_evaluation_is_made_good_on_resume(tmp_path, encoder, monkeypatch, name, call, points):
+    config = from_dict(TrainConfig, {**SMALL, "steps": 50})
+    run = tmp_path / "run"
+    kill_on_call(monkeypatch, name, call)
+    with pytest.raises(Killed):
+        train(config, encoder, run, progress=False)
+    monkeypatch.undo()
+    summary = train(replace(config, steps=70), encoder, run, resume=True, progress=False)
+    assert summary["env_steps"] == 70 and summary["final"]["env_steps"] == 70
+    assert evaluated_steps(run) == points == kept_steps(run)  # each point once, with its checkpoint
+
+
+def test_a_corrupt_last_log_record_is_reported_on_resume(tmp_path, encoder):
+    config = from_dict(TrainConfig, {**SMALL, "steps": 16})
+    run = tmp_path / "run"
+    train(config, encoder, run, progress=False)
+    log = run / "transitions" / LOG_FILE
+    data = bytearray(log.read_bytes())
+    data[-1] ^= 0xFF  # the last record (episode 2's final observation) keeps its length, fails its checksum
+    log.write_bytes(bytes(data))
+    with pytest.warns(CorruptRecordWarning, match=rf"{LOG_FILE}: dropped corrupt last record 17 at byte \d+"):
+        summary = train(replace(config, steps=24), encoder, run, resume=True, progress=False)
+    assert summary["env_steps"] == 24 and evaluated_steps(run) == [0, 16, 20, 24]
+
+
+def test_an_interrupted_metrics_write_leaves_the_previous_rows(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.csv"
+    write_rows(path, [{"env_steps": 0, "return": -1.5}])
+
+    def killed(*args):
+        raise Killed
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", killed)
+    with pytest.raises(Killed):
+        write_rows(path, [{"env_steps": 0, "return": -1.5}, {"env_steps": 20, "return": -0.5}])
+    assert read_rows(path) == [{"env_steps": 0, "return": -1.5}]
+
+
+def test_evaluation_refuses_bad_arguments_with_the_parameter_named(tmp_path, encoder, capsys):
+    with pytest.raises(ConfigError, match="parameter 'episodes': expected an integer of at least 1, got -3"):
+        evaluate_policy(tmp_path / "no_policy.safetensors", -3)
+    with pytest.raises(ConfigError, match="parameter 'episodes'"):
+        evaluate(None, None, 0)  # refused before the policy or the task is touched
+    with pytest.raises(SystemExit) as exited:  # the command line refuses it before it reaches evaluate_policy
+        msdp(["eval", "--policy", str(tmp_path / "no_policy.safetensors"), "--episodes", "-3"])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 2 and "--episodes" in err and "nan" not in out
+
+    train(from_dict(TrainConfig, {**SMALL, "steps": 1}), encoder, tmp_path / "run", progress=False)
+    policy = tmp_path / "run" / "policy.safetensors"
+    with pytest.raises(ConfigError, match="parameter 'task.name': 'drawer' is not one of"):
+        evaluate_policy(policy, 1, task="drawer")
+    with pytest.raises(ConfigError, match="parameter 'task.image_noise_std': -1.0 is outside"):
+        evaluate_policy(policy, 1, Perturbations(image_noise=-1.0))
+    with pytest.raises(ConfigError, match="parameter 'impedance.translational_stiffness': -5.0 is outside"):
+        evaluate_policy(policy, 1, Perturbations(stiffness=-5.0))

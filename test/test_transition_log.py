@@ -1,4 +1,5 @@
-"""The transition log: round trip, a reader following a live writer, kill -9 of the writer, torn tails, corruption."""
+"""The transition log: round trip, a reader following a live writer, kill -9 of the writer, torn tails, corruption
+(before the tail, and of the last record)."""
 
 import os
 import signal
@@ -6,11 +7,20 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import numpy as np
 import pytest
 
-from msdp_policy.transition_log import LOG_FILE, Schema, TransitionLogError, TransitionReader, TransitionWriter
+from msdp_policy.transition_log import (
+    HEADER,
+    LOG_FILE,
+    CorruptRecordWarning,
+    Schema,
+    TransitionLogError,
+    TransitionReader,
+    TransitionWriter,
+)
 
 SCHEMA = Schema(
     {"tokens": ("float16", (67, 8)), "action": ("float32", (4,)), "reward": ("float32", ()), "done": ("bool", ())}
@@ -52,8 +62,11 @@ def test_a_restarted_writer_resumes_and_drops_a_torn_tail(tmp_path):
         f.write(b"MSDT\x00\x01\x02")
     reader = TransitionReader(tmp_path)
     assert len(reader) == 10  # a reader stops before the torn record
-    with TransitionWriter(tmp_path, SCHEMA) as writer:
-        assert writer.count == 10 and writer.dropped_bytes == 7
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a torn tail is what a kill leaves: dropped without a warning
+        writer = TransitionWriter(tmp_path, SCHEMA)
+    with writer:
+        assert writer.count == 10 and writer.dropped_bytes == 7 and writer.dropped_records == 0
         assert writer.append(transition(10)) == 10
     assert reader.refresh() == 1
     np.testing.assert_array_equal(reader.arrays["reward"], np.arange(11, dtype=np.float32))
@@ -73,6 +86,40 @@ def test_corruption_before_the_tail_and_a_changed_schema_are_refused(tmp_path):
         TransitionWriter(tmp_path, other)
     with pytest.raises(TransitionLogError, match="not a transition log"):
         TransitionReader(tmp_path / "nowhere")
+
+
+def test_a_corrupt_last_record_is_dropped_by_the_writer_with_a_warning(tmp_path):
+    step = HEADER.size + SCHEMA.record_size
+    with TransitionWriter(tmp_path, SCHEMA) as writer:
+        for i in range(4):
+            writer.append(transition(i))
+    data = bytearray((tmp_path / LOG_FILE).read_bytes())
+    data[-1] ^= 0xFF  # the last record is all there, but its checksum fails: not a torn write
+    (tmp_path / LOG_FILE).write_bytes(bytes(data))
+    reader = TransitionReader(tmp_path)
+    assert len(reader) == 3  # it may be in flight to a reader: not read, and not skipped either
+    with pytest.warns(CorruptRecordWarning, match=f"{LOG_FILE}: dropped corrupt last record 3 at byte {3 * step} "):
+        writer = TransitionWriter(tmp_path, SCHEMA)
+    with writer:
+        assert writer.count == 3 and writer.dropped_records == 1 and writer.dropped_bytes == step
+        assert writer.append(transition(9)) == 3
+    assert reader.refresh() == 1
+    np.testing.assert_array_equal(reader.arrays["reward"], [0, 1, 2, 9])
+
+
+def test_corruption_found_by_a_later_refresh_is_reported_at_its_place_in_the_file(tmp_path):
+    step = HEADER.size + SCHEMA.record_size
+    with TransitionWriter(tmp_path, SCHEMA) as writer:
+        for i in range(4):
+            writer.append(transition(i))
+        reader = TransitionReader(tmp_path)
+        for i in range(4, 6):
+            writer.append(transition(i))
+    data = bytearray((tmp_path / LOG_FILE).read_bytes())
+    data[4 * step + 20] ^= 0xFF  # inside record 4, the first one the reader has not read yet
+    (tmp_path / LOG_FILE).write_bytes(bytes(data))
+    with pytest.raises(TransitionLogError, match=f"corrupt record 4 at byte {4 * step} "):
+        reader.refresh()
 
 
 def test_bad_transitions_are_refused_before_anything_is_written(tmp_path):

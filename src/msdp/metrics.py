@@ -7,10 +7,13 @@ from pathlib import Path
 
 
 def write_rows(path: Path, rows: list[dict[str, float]]) -> None:
-    with open(path, "w", newline="") as f:
+    """Replace the file atomically: a kill while writing leaves the previous rows, which a resume reads back."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[-1]))
         writer.writeheader()
         writer.writerows(rows)
+    partial.replace(path)
 
 
 def read_rows(path: Path) -> list[dict[str, float]]:

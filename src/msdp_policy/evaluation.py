@@ -6,6 +6,7 @@ draws, so every evaluation of every run sees the same scenes.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,17 +14,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from msdp.config import from_dict
+from msdp.config import ConfigError, from_dict
 from msdp_franka_driver.control_law import ImpedanceConfig
-from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
-from msdp_franka_driver.tasks import TaskConfig
+from msdp_franka_driver.sim.config import EnvConfig
+from msdp_franka_driver.sim.env import FrankaTaskEnv
 from msdp_policy.policy import Policy, load_policy
+from msdp_policy.tasks import TaskConfig
 
 EVAL_SEED_BASE = 1_000_000
 
 
 def evaluate(policy: Policy, env: FrankaTaskEnv, episodes: int, deterministic: bool = True) -> dict[str, float]:
     """Success rate, mean return and mean length over ``episodes`` fixed-seed episodes."""
+    _check_episodes(episodes)
     successes, returns, lengths = [], [], []
     for episode in range(episodes):
         observation, _ = env.reset(seed=EVAL_SEED_BASE + episode)
@@ -41,6 +44,12 @@ def evaluate(policy: Policy, env: FrankaTaskEnv, episodes: int, deterministic: b
         "return": float(np.mean(returns)),
         "episode_length": float(np.mean(lengths)),
     }
+
+
+def _check_episodes(episodes: int) -> None:
+    """An evaluation needs at least one episode: none would give a success rate of nan."""
+    if isinstance(episodes, bool) or not isinstance(episodes, numbers.Integral) or episodes < 1:
+        raise ConfigError(f"parameter 'episodes': expected an integer of at least 1, got {episodes!r}")
 
 
 @dataclass(frozen=True)
@@ -67,16 +76,21 @@ def evaluate_policy(
     encoder_checkpoint: str | None = None,
     deterministic: bool = True,
 ) -> dict[str, Any]:
+    """Bad settings raise ConfigError naming the parameter (``task.*`` or ``impedance.*`` for a perturbation)
+    before any episode runs; a missing or damaged policy raises CheckpointError."""
+    _check_episodes(episodes)
     policy = load_policy(path, encoder_checkpoint)
     task_config = from_dict(TaskConfig, {
         **policy.info.task, "name": task or policy.info.task["name"], "image_noise_std": perturbations.image_noise,
         "ft_noise_std": perturbations.ft_noise, "object_mass_scale": perturbations.mass_scale,
         "object_friction_scale": perturbations.friction_scale,
-    })  # fmt: skip
+    }, prefix="task.")  # fmt: skip
     config = EnvConfig(task=task_config)
     if perturbations.stiffness is not None:
         impedance = from_dict(
-            ImpedanceConfig, {**asdict(config.impedance), "translational_stiffness": perturbations.stiffness}
+            ImpedanceConfig,
+            {**asdict(config.impedance), "translational_stiffness": perturbations.stiffness},
+            prefix="impedance.",
         )
         config = replace(config, impedance=impedance)
     env = FrankaTaskEnv(config)

@@ -6,6 +6,11 @@ set of seeds, appends a row to ``metrics.csv``, redraws ``curves.png`` and write
 ``policy.safetensors`` (what ``msdp eval`` and the policy node load; a copy per evaluation goes to
 ``checkpoints/policy_<steps>.safetensors``) and ``agent.pt`` (everything ``--resume`` needs: networks,
 optimisers, counters; the replay is the transition log itself, in ``transitions/``).
+
+Evaluations happen at step 0, every ``eval_every`` steps and at ``steps``, each once. An evaluation writes its
+checkpoints first and its ``metrics.csv`` row last, so a row means everything of that evaluation is on disk:
+``--resume`` evaluates exactly the points not in ``metrics.csv`` yet, first the one a kill cut short.
+``config.json`` (the run's settings, ``steps`` included) and ``agent.pt`` exist from the run's first moment.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from tqdm import tqdm
 
 from msdp.config import ConfigError, from_dict, param_range, to_dict
 from msdp.metrics import read_rows, write_rows
-from msdp_franka_driver.env import EnvConfig, FrankaTaskEnv
+from msdp_franka_driver.sim.config import EnvConfig
+from msdp_franka_driver.sim.env import FrankaTaskEnv
 from msdp_perception.checkpoint import load_encoder
 from msdp_perception.model import MSDPModel
 from msdp_policy.agent import AgentConfig, SACAgent
@@ -77,6 +83,10 @@ class Trainer:
             self.learner = Learner(self.agent, self.replay, offline_logs, config.update_after, config.seed)
         except (ValueError, TransitionLogError) as exc:
             raise ConfigError(f"--offline: {exc}") from exc
+        # Counted from the log here and by the loop after (which reads the log only once learning starts).
+        self.env_steps = self.learner.env_steps()
+        self.previous_end = 0  # the steps of the run resumed: a kill may have cut its final evaluation short
+        self.metrics: dict[str, float] = {}  # the latest update's losses
         self.rows: list[dict[str, float]] = []
         self.started = time.monotonic()
         self.elapsed_before = 0.0
@@ -94,10 +104,6 @@ class Trainer:
             training={"env_steps": self.env_steps, "last_eval": self.rows[-1] if self.rows else {}},
         )
 
-    @property
-    def env_steps(self) -> int:
-        return self.learner.env_steps()
-
     def save(self) -> None:
         """The latest policy, a copy of it per evaluation (to evaluate any point of the curve on more episodes
         later) and everything ``--resume`` needs."""
@@ -106,9 +112,15 @@ class Trainer:
         kept = self.out_dir / "checkpoints" / f"policy_{self.env_steps:07d}"
         save_policy(kept, self.agent.actor, self.agent.encoder, info)
         self.learner.save(self.out_dir / "agent.pt", {"elapsed_s": self.elapsed()})
-        (self.out_dir / "config.json").write_text(json.dumps(to_dict(self.config), indent=2))
 
-    def resume(self) -> None:
+    def resume(self, previous_end: int) -> None:
+        """Go on from ``agent.pt``, the log and metrics.csv; ``previous_end`` is the ``steps`` of the run resumed."""
+        if self.env_steps > self.config.steps:
+            raise ConfigError(
+                f"parameter 'steps': {self.config.steps} is fewer than the {self.env_steps} environment steps "
+                f"{self.out_dir} already holds; expected at least {self.env_steps}"
+            )
+        self.previous_end = previous_end
         self.elapsed_before = self.learner.resume(self.out_dir / "agent.pt")["elapsed_s"]
         if (self.out_dir / "metrics.csv").exists():
             self.rows = read_rows(self.out_dir / "metrics.csv")
@@ -135,9 +147,23 @@ class Trainer:
             "episode": np.int64(episode),
         }
 
-    def evaluate_and_save(self, bar: tqdm, metrics: dict[str, float]) -> None:
+    def learn(self) -> None:
+        """The updates owed for the steps taken so far (none before ``update_after``)."""
+        if self.env_steps >= self.config.update_after:
+            self.replay.refresh()
+            self.metrics = self.learner.catch_up(self.env_steps) or self.metrics
+
+    def due(self, step: int, *ends: int) -> bool:
+        """Whether to evaluate at ``step``: 0, every ``eval_every`` steps and the end (``steps``, and ``ends``),
+        each once, in order; a point metrics.csv already holds (the run resumed got there) is not done again."""
+        point = step % self.config.eval_every == 0 or step in (self.config.steps, *ends)
+        return point and (not self.rows or step > self.rows[-1]["env_steps"])
+
+    def evaluate_and_save(self, bar: tqdm) -> None:
+        """The metrics.csv row goes last: a kill before it leaves a run whose resume evaluates here again."""
         result = evaluate(self.policy, self.eval_env, self.config.eval_episodes)
         steps = self.env_steps
+        self.replay.refresh()  # for the episode count: before update_after the loop does not read the log
         row = {
             "env_steps": steps,
             "episodes": int(self.replay.reader.arrays["final"].sum()),
@@ -147,12 +173,12 @@ class Trainer:
             "wall_s": round(self.elapsed(), 1),
             "steps_per_s": steps / max(self.elapsed(), 1e-9),
             "critic_updates": self.agent.critic_updates,
-            **{k: metrics.get(k, math.nan) for k in ("critic_loss", "q", "actor_loss", "temperature", "entropy")},
+            **{k: self.metrics.get(k, math.nan) for k in ("critic_loss", "q", "actor_loss", "temperature", "entropy")},
         }
         self.rows.append(row)
-        write_rows(self.out_dir / "metrics.csv", self.rows)
-        plot_learning_curves({self.out_dir.name: self.rows}, self.out_dir / "curves.png")
         self.save()
+        plot_learning_curves({self.out_dir.name: self.rows}, self.out_dir / "curves.png")
+        write_rows(self.out_dir / "metrics.csv", self.rows)
         bar.write(
             f"step {steps}: success {result['success_rate']:.0%} over {self.config.eval_episodes} episodes, "
             f"return {result['return']:.2f}, {row['steps_per_s']:.1f} steps/s"
@@ -165,14 +191,14 @@ class Trainer:
         episode = int(self.replay.reader.arrays["episode"].max()) + 1 if len(self.replay.reader) else 0
         observation, _ = self.env.reset(seed=int(self.rng.integers(2**31)))
         embedding = self.policy.encode(observation)
-        metrics: dict[str, float] = {}
         recent_success: list[bool] = []
-        step = self.env_steps
-        bar = tqdm(total=c.steps, initial=step, disable=not progress, unit="step", desc=f"train {c.encoder_variant}")
-        if step == 0:
-            self.evaluate_and_save(bar, metrics)  # the untrained policy: the curve starts at step 0
-        while step < c.steps:
-            if step < c.random_steps:
+        desc = f"train {c.encoder_variant}"
+        bar = tqdm(total=c.steps, initial=self.env_steps, disable=not progress, unit="step", desc=desc)
+        self.learn()  # a resumed run first owes the updates for the steps logged after its checkpoint
+        if self.due(self.env_steps, self.previous_end):  # the untrained policy, or the evaluation a kill cut short
+            self.evaluate_and_save(bar)
+        while self.env_steps < c.steps:
+            if self.env_steps < c.random_steps:
                 action = self.rng.uniform(-1.0, 1.0, self.env.action_dim)
             else:
                 action = self.policy.act(embedding.pooled, deterministic=False)
@@ -182,7 +208,7 @@ class Trainer:
                 "reward": np.float32(reward), "terminal": np.bool_(terminated), "final": np.bool_(False),
             })  # fmt: skip
             observation, embedding = next_observation, self.policy.encode(next_observation)
-            step += 1
+            self.env_steps += 1
             if terminated or truncated:
                 self.writer.append({
                     **self.record(observation, embedding, episode), "action": np.zeros(self.env.action_dim, np.float32),
@@ -192,19 +218,17 @@ class Trainer:
                 episode += 1
                 observation, _ = self.env.reset(seed=int(self.rng.integers(2**31)))
                 embedding = self.policy.encode(observation)
-            if step >= c.update_after:
-                self.replay.refresh()
-                metrics = self.learner.catch_up(step) or metrics
+            self.learn()
             bar.update(1)
-            if step % 50 == 0:
+            if self.env_steps % 50 == 0:
                 bar.set_postfix(
                     train_success=f"{np.mean(recent_success) if recent_success else 0:.0%}",
                     eval_success=f"{self.rows[-1]['success_rate']:.0%}" if self.rows else "-",
-                    steps_s=f"{step / max(self.elapsed(), 1e-9):.1f}",
+                    steps_s=f"{self.env_steps / max(self.elapsed(), 1e-9):.1f}",
                     refresh=False,
                 )
-            if step % c.eval_every == 0 or step == c.steps:
-                self.evaluate_and_save(bar, metrics)
+            if self.due(self.env_steps):
+                self.evaluate_and_save(bar)
         bar.close()
         self.writer.close()
         return {"env_steps": self.env_steps, "final": self.rows[-1], "wall_s": self.elapsed()}
@@ -224,11 +248,14 @@ def train(
     if resume and not (out_dir / "agent.pt").exists():
         raise ConfigError(f"{out_dir}/agent.pt not found: nothing to resume")
     if resume:
-        saved = json.loads((out_dir / "config.json").read_text())
-        config = replace(from_dict(TrainConfig, saved), steps=config.steps, torch_threads=config.torch_threads)
+        saved = from_dict(TrainConfig, json.loads((out_dir / "config.json").read_text()))
+        config = replace(saved, steps=config.steps, torch_threads=config.torch_threads)
     trainer = Trainer(config, encoder_checkpoint, out_dir, offline)
     if resume:
-        trainer.resume()
+        trainer.resume(saved.steps)
+    (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))  # with the end a resume needs
+    if not resume:  # resumable from the start, so a kill in the first evaluation loses nothing
+        trainer.learner.save(out_dir / "agent.pt", {"elapsed_s": trainer.elapsed()})
     summary = trainer.run(progress)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

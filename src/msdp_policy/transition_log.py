@@ -6,10 +6,17 @@ Layout of a log folder:
                       then the payload: every field's bytes in schema order
 
 Each ``append`` is one ``write`` of a whole record to a file opened for appending, followed by ``fsync`` when
-``durable`` (the default). A writer killed in the middle of a record leaves a torn tail: readers stop before
-it (it may still be in flight), and the next writer drops it when it opens the log, then goes on appending, so
-a restarted policy resumes where it stopped and a kill loses at most the step in flight. A record whose
-checksum fails anywhere but at the tail is corruption, and is reported with its offset instead of skipped.
+``durable`` (the default). A writer killed in the middle of a record leaves a torn tail, fewer bytes than a
+record: readers stop before it (it may still be in flight), and the next writer drops it when it opens the
+log, then goes on appending, so a restarted policy resumes where it stopped and a kill loses at most the step
+in flight. A record whose checksum fails with more bytes after it is corruption, and raises with its offset.
+
+A bad last record of full length is not what a kill leaves (the kernel shows a reader only bytes already
+written), but a crash of the machine or bit rot can. A reader stops before it too, since on a shared
+filesystem a record still in flight can show its length before its bytes; a reader never takes it in, and
+raises if records follow it. The writer, which opens the log when nothing can be in flight, drops it (one
+step lost, like a kill's) with a ``CorruptRecordWarning`` naming the file and the record's offset, and counts
+it in ``dropped_records``: the run goes on, but not silently.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -29,6 +37,10 @@ SCHEMA_FILE, LOG_FILE = "schema.json", "transitions.log"
 
 class TransitionLogError(RuntimeError):
     """The log folder is missing, corrupt, or was written with another schema; the message names the file."""
+
+
+class CorruptRecordWarning(UserWarning):
+    """A writer dropped a full-length last record whose checksum or header failed (see the module docstring)."""
 
 
 class Schema:
@@ -71,8 +83,10 @@ class Schema:
         return out
 
 
-def _scan(data: bytes, schema: Schema, where: Path) -> tuple[int, int]:
-    """(complete records, byte offset after the last one). A bad record before the tail raises."""
+def _scan(data: bytes, schema: Schema, where: Path, start: int = 0) -> tuple[int, int, bool]:
+    """(good records, byte offset in ``data`` after the last one, whether the rest is one full-length record that
+    fails its check). A bad record with more bytes after it raises, with its place in the file (``data`` begins
+    at byte ``start``; records all have one size)."""
     step = HEADER.size + schema.record_size
     count = offset = 0
     while offset + step <= len(data):
@@ -80,15 +94,16 @@ def _scan(data: bytes, schema: Schema, where: Path) -> tuple[int, int]:
         payload = data[offset + HEADER.size : offset + step]
         if magic != MAGIC or length != schema.record_size or zlib.crc32(payload) != crc:
             if offset + step == len(data):
-                break  # the last record is torn (its bytes are there, but not all of them were written)
-            raise TransitionLogError(f"{where}: corrupt record {count} at byte {offset} (checksum or header mismatch)")
+                return count, offset, True
+            at = start + offset
+            raise TransitionLogError(f"{where}: corrupt record {at // step} at byte {at} (checksum or header mismatch)")
         count += 1
         offset += step
-    return count, offset
+    return count, offset, False
 
 
 class TransitionWriter:
-    """Appends transitions; opening an existing log resumes it (after dropping a torn tail)."""
+    """Appends transitions; opening an existing log resumes it (after dropping a torn or corrupt last record)."""
 
     def __init__(self, folder: str | Path, schema: Schema, durable: bool = True):
         self.folder, self.schema, self.durable = Path(folder), schema, durable
@@ -103,8 +118,15 @@ class TransitionWriter:
         else:
             schema_path.write_text(schema.to_json())
         data = self.path.read_bytes() if self.path.exists() else b""
-        self.count, end = _scan(data, schema, self.path)
+        self.count, end, bad_last = _scan(data, schema, self.path)
         self.dropped_bytes = len(data) - end
+        self.dropped_records = int(bad_last)  # full-length records dropped; a torn tail is only dropped_bytes
+        if bad_last:
+            warnings.warn(
+                f"{self.path}: dropped corrupt last record {self.count} at byte {end} (checksum or header mismatch)",
+                CorruptRecordWarning,
+                stacklevel=2,
+            )
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         if self.dropped_bytes:
             os.ftruncate(self.fd, end)
@@ -163,7 +185,7 @@ class TransitionReader:
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             data = f.read()
-        count, end = _scan(data, self.schema, self.path)
+        count, end, _ = _scan(data, self.schema, self.path, self.offset)  # not a bad last record: in flight?
         if not count:
             return 0
         step = HEADER.size + self.schema.record_size
