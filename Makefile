@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export MUJOCO_GL ?= egl
 
-.PHONY: setup env demo test test-slow lint bench
+.PHONY: setup env demo test test-slow lint bench colcon
 
 setup: env demo
 
@@ -18,6 +18,11 @@ test: env
 test-slow: env
 	@$(PY) -m pytest -q -m slow test; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests are marked slow yet"; else exit $$status; fi
+
+# msdp as a ROS package: build/, install/, log/ here; then `source install/setup.bash`. CI builds it in a
+# workspace of its own (test/test_colcon_build.py, part of `make test`).
+colcon: env
+	.venv/bin/colcon build --base-paths . --build-base build --install-base install
 
 lint: env
 	.venv/bin/ruff check src test bench launch

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything msdp needs on a fresh machine; does nothing when it is already set up.
-#   .venv             the project's environment: torch 2.13.0 (CPU), ROS 2 Kilted wheels, mujoco, pylibfranka, ...
+#   .venv             the project's environment: torch 2.13.0 (CPU), ROS 2 Kilted wheels, mujoco, pylibfranka, ...,
+#                     and colcon with ament_index_python, so `.venv/bin/colcon build` builds msdp as a ROS package
 #   .venv-franka-sim  franka-sim, the libfranka protocol peer for tests (pins numpy 1.26 and mujoco < 3.3)
 # If a ROS 2 installation is sourced (ROS_DISTRO set and its rclpy importable), .venv sees it through
 # --system-site-packages and the ROS wheels are not installed.
@@ -51,4 +52,4 @@ else
   touch "$FSIM_STAMP"
 fi
 
-.venv/bin/python -c "import rclpy, mujoco, torch, pylibfranka, rosbags; print('[setup] ok: torch', torch.__version__, '| mujoco', mujoco.__version__)"
+.venv/bin/python -c "import rclpy, mujoco, torch, pylibfranka, rosbags, ament_index_python, colcon_ros; print('[setup] ok: torch', torch.__version__, '| mujoco', mujoco.__version__)"
