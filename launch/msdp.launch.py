@@ -85,6 +85,7 @@ def generate_launch_description() -> LaunchDescription:
                     {
                         "transitions": PythonExpression(["('", learn, "' or 'runs/eval') + '/transitions'"]),
                         "policy": LaunchConfiguration("policy"),
+                        "encoder_checkpoint": LaunchConfiguration("checkpoint"),
                         "deterministic": LaunchConfiguration("deterministic"),
                         "task.name": LaunchConfiguration("task"),
                         "use_sim_time": simulated,

@@ -54,8 +54,8 @@ def test_the_real_cell_never_imports_mujoco():
         "make_backend(DriverConfig(backend='libfranka'))\n"
         "from msdp.provenance import provenance\n"
         "provenance()\n"
-        "loaded = sorted(m for m in sys.modules if m == 'mujoco' or m.startswith(('mujoco.', 'msdp_franka_driver.sim')))\n"
-        "print(loaded)\n"
+        "prefixes = ('mujoco.', 'msdp_franka_driver.sim')\n"
+        "print(sorted(m for m in sys.modules if m == 'mujoco' or m.startswith(prefixes)))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == str(SIMULATOR_CONFIG), f"a real cell loads {result.stdout.strip()}"

@@ -225,7 +225,7 @@ def test_collected_bags_reproduce_the_environment(tmp_path, monkeypatch, storage
     assert np.all(np.diff(data.stamps) > 0)
 
     topics = {topic: msg for topic, _, _, msg in open_bag(paths[0])}
-    assert set(topics) == set(collect.TOPICS)
+    assert set(topics) == {topic.name for topic in collect.TOPICS}
     assert topics["/camera/image_raw"].header.frame_id == "third_person_camera"
     assert topics["/ft_sensor/wrench"].header.frame_id == "ft_sensor"
     assert topics["/franka/ee_pose"].header.frame_id == "fr3_link0"

@@ -58,8 +58,8 @@ def test_policy_and_learner_nodes_learn_online_and_survive_kills(tmp_path):
     enc = {"checkpoint": str(encoder), "reconstruction_rate": 0.0, **sim}
     agent = {"agent.hidden": 32, "agent.batch_size": 32}
     policy = {
-        "transitions": str(log), "width": WIDTH, "task.max_episode_steps": 15, "settle_time": 0.2, "seed": 1,
-        "random_steps": 40, **agent, **sim,
+        "transitions": str(log), "encoder_checkpoint": str(encoder), "task.max_episode_steps": 15,
+        "settle_time": 0.2, "seed": 1, "random_steps": 40, **agent, **sim,
     }  # fmt: skip
     learner = {
         "transitions": str(log), "out": str(tmp_path / "online"), "encoder_checkpoint": str(encoder),
@@ -143,11 +143,20 @@ def test_policy_and_learner_nodes_learn_online_and_survive_kills(tmp_path):
         ({"task.name": "push_cube"}, "scoring needs object states"),
         ({"task.max_step": 5.0}, "'task.max_step': 5.0 is outside"),
         ({"policy": "/nonexistent/policy.safetensors"}, "not found"),
+        ({"encoder_checkpoint": "''"}, "'policy' or 'encoder_checkpoint' is required"),
+        ({"encoder_checkpoint": ""}, "invalid ROS arguments"),
+        ({"workspace_min": "[0.5, -0.3, 0.1]", "workspace_max": "[0.3, 0.3, 0.5]"}, "'workspace_min[0]' (0.5) must be"),
+        ({"agent.hiden": 64}, "'agent.hiden' (did you mean 'agent.hidden'?)"),
     ],
+    ids=["no-goal-task", "out-of-range", "missing-policy", "no-encoder", "malformed", "inverted-box", "misspelt"],
 )
 def test_the_policy_node_refuses_what_it_cannot_run_with_a_clear_error(tmp_path, params, message):
-    args = [sys.executable, "-m", "msdp_policy.policy_node", "--ros-args", "-p", f"transitions:={tmp_path / 'log'}"]
+    encoder = save_encoder(tmp_path / "encoder", MSDPModel(MSDPConfig(stem_channels=8, width=WIDTH, decoder_width=32)))
+    params = {"transitions": tmp_path / "log", "encoder_checkpoint": encoder, **params}
+    args = [sys.executable, "-m", "msdp_policy.policy_node", "--ros-args"]
     args += [a for key, value in params.items() for a in ("-p", f"{key}:={value}")]
     result = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert result.returncode in (1, 2) and message in result.stderr, result.stderr
+    ours = [line for line in result.stderr.strip().splitlines() if not line.startswith("[ERROR] [")]  # rcl's own
+    assert len(ours) == 1, result.stderr
     assert not (tmp_path / "log").exists()  # nothing half-created

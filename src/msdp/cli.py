@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,6 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0.0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
     return value
 
 
@@ -87,6 +81,21 @@ def add_config_arguments(parser: argparse.ArgumentParser, yaml_name: str) -> Non
     parser.set_defaults(config_name=yaml_name)
 
 
+@contextmanager
+def new_output(folder: Path) -> Iterator[Path]:
+    """A job's output folder: if the job fails before writing a file into the folders it created (the output
+    folder and any missing parents), they go."""
+    created = folder if not folder.exists() else None
+    while created is not None and not created.parent.exists():
+        created = created.parent
+    try:
+        yield folder
+    except BaseException:
+        if created is not None and created.is_dir() and not any(p.is_file() for p in created.rglob("*")):
+            shutil.rmtree(created)
+        raise
+
+
 def set_threads(threads: int | None) -> None:
     if threads is not None:
         import torch
@@ -98,7 +107,8 @@ def set_threads(threads: int | None) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from msdp_franka_driver.sim.demo import run_demo
 
-    summary = run_demo(Path(args.out), seed=args.seed, episodes=args.episodes)
+    with new_output(Path(args.out)) as out:
+        summary = run_demo(out, seed=args.seed, episodes=args.episodes)
     print(f"demo: {summary['successes']}/{summary['episodes']} scripted insertions succeeded; report in {args.out}")
     return 0
 
@@ -153,7 +163,8 @@ def _collect(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} is not empty; collection writes new bag folders")
     config = configured(CollectConfig, args, COLLECT_FLAGS)
-    bags = collect_to_bags(out, config)
+    with new_output(out):
+        bags = collect_to_bags(out, config)
     print(f"collect: {config.samples} samples of {config.policy} actions on {config.task.name} in {len(bags)} bag(s) "
           f"in {out}")  # fmt: skip
     return 0
@@ -168,7 +179,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     config = configured(PretrainConfig, args, PRETRAIN_FLAGS)
     set_threads(args.threads)
-    summary = pretrain([Path(b) for b in args.bags], Path(args.out), config, args.cache)
+    with new_output(Path(args.out)) as out:
+        summary = pretrain([Path(b) for b in args.bags], out, config, args.cache)
     final = summary["final"]
     losses = ", ".join(f"{m} {final[f'val_{m}']:.4f}" for m in ("vision", "ft", "proprio") if f"val_{m}" in final)
     print(f"pretrain: {summary['steps']} updates in {summary['seconds'] / 60:.1f} min; held-out loss {losses or 'n/a'}")
@@ -209,7 +221,8 @@ def _train(args: argparse.Namespace) -> int:
 
     config = configured(TrainConfig, args, TRAIN_FLAGS)
     out = Path(args.out or f"runs/train_{config.env.task.name}_{config.encoder_variant}_s{config.seed}")
-    summary = train(config, Path(args.encoder), out, args.resume, [Path(p) for p in args.offline])
+    with new_output(out):
+        summary = train(config, Path(args.encoder), out, args.resume, [Path(p) for p in args.offline])
     final = summary["final"]
     print(
         f"train: {summary['env_steps']} environment steps in {summary['wall_s'] / 60:.1f} min "
@@ -226,7 +239,8 @@ def _offline_log(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     task = from_dict(TaskConfig, {"name": args.task})
-    counts = offline_log_from_bags([Path(b) for b in args.bags], Path(args.encoder), Path(args.out), task)
+    with new_output(Path(args.out)) as out:
+        counts = offline_log_from_bags([Path(b) for b in args.bags], Path(args.encoder), out, task)
     print(
         f"offline-log: {counts['steps']} steps in {counts['episodes']} episodes ({counts['successes']} successes) "
         f"in {args.out}; use it with `msdp train --rlpd --offline {args.out}`"
@@ -308,7 +322,7 @@ def build_parser() -> ArgumentParser:
     fast.add_argument("--policy", choices=("random", "scripted_noise"))
     fast.add_argument("--task", choices=TASKS)
     fast.add_argument("--seed", type=int)
-    fast.add_argument("--image-noise", type=non_negative_float, help="Gaussian pixel noise std (0-255 scale)")
+    fast.add_argument("--image-noise", type=float, help="Gaussian pixel noise std (0-255 scale)")
     add_config_arguments(fast, "collect.yaml")
 
     pre = command("pretrain", _pretrain, "pretrain the MSDP encoder from rosbags (MCAP or sqlite3)")
@@ -357,8 +371,8 @@ def build_parser() -> ArgumentParser:
     ev.add_argument("--policy", required=True, help="policy.safetensors from msdp train")
     ev.add_argument("--task", choices=TASKS, help="default: the task the policy was trained on")
     ev.add_argument("--episodes", type=positive_int, default=50)
-    ev.add_argument("--image-noise", type=non_negative_float, default=0.0, help="Gaussian pixel noise (0-255 scale)")
-    ev.add_argument("--ft-noise", type=non_negative_float, default=0.0, help="Gaussian F/T noise std (N, Nm)")
+    ev.add_argument("--image-noise", type=float, default=0.0, help="Gaussian pixel noise (0-255 scale)")
+    ev.add_argument("--ft-noise", type=float, default=0.0, help="Gaussian F/T noise std (N, Nm)")
     ev.add_argument("--stiffness", type=float, help="translational stiffness, N/m (trained at 2000)")
     ev.add_argument("--mass-scale", type=float, default=1.0, help="object mass x")
     ev.add_argument("--friction-scale", type=float, default=1.0, help="object friction x")
@@ -390,34 +404,17 @@ def expected_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseE
     return (BagError, CheckpointError, SensorDataError, TransitionLogError, FileNotFoundError, OSError), (ConfigError,)
 
 
-def created_folder(args: argparse.Namespace) -> Path | None:
-    """The --out folder this command is about to create (None if it exists already or there is none)."""
-    out = getattr(args, "out", None)
-    if not out or Path(out).suffix:  # a file (curves.png, fr3.xml), not a folder
-        return None
-    return None if Path(out).exists() else Path(out)
-
-
-def remove_if_empty(folder: Path | None) -> None:
-    """Remove a folder a failed command created, if it holds no file (only empty folders)."""
-    if folder is not None and folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
-        shutil.rmtree(folder)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "config_name", None) and args.config is None:
-        args.config = config_file(args.config_name)
-    new_folder = created_folder(args)
     data_errors, config_errors = expected_errors()
     try:
+        if getattr(args, "config_name", None) and args.config is None:
+            args.config = config_file(args.config_name)
         return args.func(args)
     except config_errors as exc:
-        remove_if_empty(new_folder)
         print(f"msdp {args.command}: {exc}", file=sys.stderr)
         return 2
     except data_errors as exc:
-        remove_if_empty(new_folder)
         print(f"msdp {args.command}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

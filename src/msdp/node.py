@@ -47,6 +47,7 @@ QOS = {
         depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
     ),
 }
+CLOCK_MISMATCH_S = 86_400.0  # stamps further than a day off mean two clocks, not a slow sensor
 LEVELS = {"ok": DiagnosticStatus.OK, "warn": DiagnosticStatus.WARN, "error": DiagnosticStatus.ERROR}
 
 
@@ -113,6 +114,20 @@ class MsdpNode(Node):
     def now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
+    def clock_hint(self, stamp_s: float) -> str:
+        """Why a message can look hours old or in the future: it and this node run on different clocks (a
+        simulated arm stamps with /clock). '' when the stamp is within a day of this node's clock."""
+        offset = stamp_s - self.now_ns() * 1e-9
+        if abs(offset) < CLOCK_MISMATCH_S:
+            return ""
+        sim_time = self.get_parameter("use_sim_time").value
+        mine, theirs = (
+            ("simulated time (/clock)", "wall time") if sim_time else ("wall time", "simulated time (/clock)")
+        )
+        fix = "run this node without use_sim_time" if sim_time else "run this node with use_sim_time:=true (--sim-time)"
+        return f"stamps {abs(offset):.0f} s {'ahead of' if offset > 0 else 'behind'} this node's {mine}: " \
+            f"the publisher seems to use {theirs}; {fix}"  # fmt: skip
+
     def publish_diagnostics(self, name: str, level: str, message: str, values: dict[str, str]) -> None:
         """One status on /diagnostics; ``level`` is ok, warn or error."""
         status = DiagnosticStatus(name=f"{self.get_name()}: {name}", hardware_id=self.get_name())
@@ -130,7 +145,13 @@ def run_node(
     startup_errors: tuple[type[BaseException], ...] = (),
 ) -> int:
     """Create the node with ``make_node`` and spin it until a signal, or until it sets ``exit_code``."""
-    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    args = argv if argv is not None else sys.argv
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except RuntimeError as exc:  # rclpy's RCLError: malformed --ros-args (e.g. '-p name:=' with no value)
+        reason = str(exc).splitlines()[0].removeprefix("failed to initialize rcl: ").split(". Error:")[0]
+        print(f"{name}: invalid ROS arguments: {reason}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -45,6 +45,7 @@ EQUILIBRIUM_POSE = Topic("/franka/equilibrium_pose", "geometry_msgs/msg/PoseStam
 DRIVER_STATUS = Topic("/franka/status", "std_msgs/msg/String", LATCHED)
 ACTION = Topic("/msdp/action", "geometry_msgs/msg/TwistStamped", RELIABLE)
 EMBEDDING = Topic("/msdp/embedding", "sensor_msgs/msg/Image", RELIABLE)
+ENCODER_INFO = Topic("/msdp/encoder", "std_msgs/msg/String", LATCHED)  # JSON: which encoder makes the embeddings
 RECONSTRUCTION = Topic("/msdp/reconstruction", "sensor_msgs/msg/Image", COMMAND)
 TASK_GOAL = Topic("/msdp/task_goal", "geometry_msgs/msg/PoseStamped", LATCHED)
 REWARD = Topic("/msdp/reward", "std_msgs/msg/Float32", RELIABLE)

@@ -150,6 +150,16 @@ def load_weights(path: str | Path, module: torch.nn.Module) -> None:
     module.load_state_dict(state)
 
 
+def encoder_identity(path: str | Path) -> str:
+    """What identifies an encoder: the sha256 of its weights file (the same value as the sidecar's checksum).
+    A policy, a transition log and an offline log record it, so embeddings of another encoder are refused."""
+    weights, _ = checkpoint_paths(path)
+    try:
+        return hashlib.sha256(weights.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise CheckpointError(f"{weights}: cannot read it ({first_line(exc)})") from exc
+
+
 def save_encoder(path: str | Path, model: MSDPModel, training: dict[str, Any] | None = None) -> Path:
     c = model.config
     layout = {
@@ -164,6 +174,7 @@ def save_encoder(path: str | Path, model: MSDPModel, training: dict[str, Any] | 
         "format": ENCODER_FORMAT,
         "config": to_dict(c),
         "layout": layout,
+        "observation_spec": to_dict(c.observation_spec),
         "normalization": model.normalizer.as_dict(),
         "training": training or {},
     }

@@ -12,7 +12,8 @@ layout below is what ``/msdp/embedding`` carries (a ``sensor_msgs/Image``, encod
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,29 @@ class EncodedObservation:
     tokens: np.ndarray  # (n_tokens, D) float32, zeros where masked
     token_present: np.ndarray  # (n_tokens,) bool
     pooled: np.ndarray  # (D,) float32
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """Which encoder makes the embeddings on the graph (the encoder node publishes it, latched), so a policy
+    refuses embeddings of an encoder other than its own."""
+
+    identity: str  # sha256 of the encoder's weights file (``checkpoint.encoder_identity``)
+    checkpoint: str
+    n_tokens: int
+    width: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> EncoderInfo:
+        """ValueError if ``text`` is not an encoder description."""
+        try:
+            data = json.loads(text)
+            return cls(str(data["identity"]), str(data["checkpoint"]), int(data["n_tokens"]), int(data["width"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"not an encoder description ({exc}): {text[:80]!r}") from exc
 
 
 def pack_embedding(encoded: EncodedObservation) -> np.ndarray:

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from geometry_msgs.msg import WrenchStamped
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
 
 from msdp import vocabulary as vocab
 from msdp.config import ConfigError, param_range
 from msdp.node import MsdpNode, ros_message, run_node
 from msdp.vocabulary import stamp_seconds
-from msdp_perception.checkpoint import CheckpointError
-from msdp_perception.encoder import FrozenEncoder, pack_embedding
+from msdp_perception.checkpoint import CheckpointError, encoder_identity
+from msdp_perception.encoder import EncoderInfo, FrozenEncoder, pack_embedding
 from msdp_perception.messages import SensorDataError, image_from_msg, proprio_from_joint_state
 from msdp_perception.observation import MODALITIES, Observation, SensorSynchronizer, SyncConfig
 
@@ -78,6 +79,9 @@ class EncoderNode(MsdpNode):
         self.subscription(vocab.WRENCH, self.on_wrench, c.wrench_topic)
         self.subscription(vocab.JOINT_STATES, self.on_joints, c.joint_topic)
         self.embedding_pub = self.publisher(vocab.EMBEDDING)
+        info = EncoderInfo(encoder_identity(c.checkpoint), c.checkpoint, model.n_tokens, model.width)
+        self.info_pub = self.publisher(vocab.ENCODER_INFO)
+        self.info_pub.publish(String(data=info.to_json()))
         self.reconstruction_pub = self.publisher(vocab.RECONSTRUCTION)
         self.create_timer(1.0 / c.rate, self.on_tick)
         if c.reconstruction_rate > 0:
@@ -117,7 +121,10 @@ class EncoderNode(MsdpNode):
         observation = self.sync.observe(now.nanoseconds * 1e-9)
         self.masked_reasons = observation.reasons
         if observation.reasons:
-            detail = "; ".join(f"{m}: {r}" for m, r in observation.reasons.items())
+            hint = next(filter(None, (self.clock_hint(stamp) for stamp in self.sync.latest_stamps())), "")
+            if hint:
+                self.masked_reasons = {m: f"{r}; {hint}" for m, r in observation.reasons.items()}
+            detail = "; ".join(f"{m}: {r}" for m, r in self.masked_reasons.items())
             self.get_logger().warning(f"masking {detail}", throttle_duration_sec=5.0)
         if not any(observation.present.values()):
             return

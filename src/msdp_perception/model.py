@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msdp.config import ConfigError, param_range
+from msdp.specs import ObservationSpec
 from msdp_perception.observation import MODALITIES
 
 VISION, FT, PROPRIO = range(3)  # modality ids, in MODALITIES order
@@ -64,6 +65,11 @@ class MSDPConfig:
         ):
             if width % heads:
                 raise ConfigError(f"parameter '{prefix}{name}': {heads} must divide the width {width}")
+
+    @property
+    def observation_spec(self) -> ObservationSpec:
+        """The observation this model encodes (what sensors, bags and environments must provide)."""
+        return ObservationSpec(image_size=self.image_size, ft_window=self.ft_window, joints=self.proprio_dim // 2)
 
     @property
     def vision_tokens(self) -> int:

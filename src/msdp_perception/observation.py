@@ -70,6 +70,11 @@ class SensorSynchronizer:
     def add_joint_state(self, stamp: float, proprio: np.ndarray) -> None:
         self._joints = (stamp, np.asarray(proprio, dtype=np.float32))
 
+    def latest_stamps(self) -> list[float]:
+        """The stamps of the newest reading of each sensor heard from."""
+        latest = [self._image, self._wrenches[-1] if self._wrenches else None, self._joints]
+        return [reading[0] for reading in latest if reading is not None]
+
     def observe(self, t: float) -> Observation:
         """The observation at time ``t``; readings stamped after ``t`` are not used."""
         c = self.config

@@ -32,16 +32,20 @@ def _pose_array(msg) -> np.ndarray:
     return np.concatenate(vocab.pose_arrays(msg))
 
 
+def check_reward_topics(bag: Path, topics: dict[str, str]) -> None:
+    missing = [t for t in (POSE_TOPIC, GOAL_TOPIC) if t not in topics]
+    if missing:
+        raise BagError(
+            f"bag {bag} lacks {', '.join(missing)}: offline rewards need the tool pose and the episode goal "
+            "(record them, or collect with `msdp collect`, which writes both)"
+        )
+
+
 def poses_and_goals(bag: Path, stamps_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per sample: the tool pose stamped at the sample's time (N, 7), and the latest goal at or before it
     (N, 7; NaN before the first goal)."""
     with BagReader(bag) as reader:
-        missing = [t for t in (POSE_TOPIC, GOAL_TOPIC) if t not in reader.topics]
-        if missing:
-            raise BagError(
-                f"bag {bag} lacks {', '.join(missing)}: offline rewards need the tool pose and the episode goal "
-                "(record them, or collect with `msdp collect`, which writes both)"
-            )
+        check_reward_topics(bag, reader.topics)
         found: dict[str, list[tuple[int, np.ndarray]]] = {POSE_TOPIC: [], GOAL_TOPIC: []}
         for topic, _, _, msg in reader.messages([POSE_TOPIC, GOAL_TOPIC]):
             found[topic].append((stamp_nanoseconds(msg.header), _pose_array(msg)))
@@ -65,6 +69,9 @@ def offline_log_from_bags(
 ) -> dict[str, int]:
     """Write the log; returns counts of steps, episodes and successes."""
     bags = find_bags(bags)
+    for bag in bags:  # before anything is written: a failed run leaves no log behind
+        with BagReader(bag) as reader:
+            check_reward_topics(bag, reader.topics)
     model, _ = load_encoder(encoder_checkpoint)
     model.eval()
     task_code = make_task(task.name)

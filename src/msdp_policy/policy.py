@@ -16,9 +16,12 @@ import torch
 from torch import nn
 
 from msdp.config import ConfigError, from_dict, to_dict
+from msdp.specs import ActionSpec, ObservationSpec, SpecMismatch, check_same, spec_from_dict
 from msdp_perception.checkpoint import (
+    ENCODER_FORMAT,
     CheckpointError,
     checkpoint_paths,
+    encoder_identity,
     first_line,
     load_encoder,
     load_sidecar,
@@ -29,6 +32,7 @@ from msdp_perception.model import MODALITIES, Embedding, MSDPConfig, MSDPModel
 from msdp_policy.agent import Actor, AgentConfig
 
 POLICY_FORMAT = "msdp-policy"
+SCRATCH_IDENTITY = "scratch"  # the scratch variant's encoder is trained with the policy and saved inside it
 SENSOR_SUBSETS = ("vision,ft,proprio", "vision", "vision,ft", "vision,proprio", "ft,proprio")
 
 
@@ -86,7 +90,21 @@ class Policy:
         return self.actor.act(pooled.reshape(1, -1), deterministic)[0].numpy().astype(np.float64)
 
 
+def action_spec_of(info: PolicyInfo) -> ActionSpec:
+    """The action a policy emits: its dimensions and the step sizes of the task it was trained on."""
+    return from_dict(ActionSpec, {"dim": info.action_dim, "max_step": info.task.get("max_step", ActionSpec.max_step),
+                                  "max_yaw_step": info.task.get("max_yaw_step", ActionSpec.max_yaw_step)})  # fmt: skip
+
+
 def save_policy(path: str | Path, actor: Actor, encoder: MSDPModel | None, info: PolicyInfo) -> Path:
+    """``encoder`` is the scratch variant's own encoder (saved in the weights); a frozen-encoder policy records
+    its encoder's identity and observation spec, so it never runs on another encoder's embeddings."""
+    if encoder is None:
+        observation = load_sidecar(info.encoder_checkpoint, ENCODER_FORMAT)["config"]
+        identity = encoder_identity(info.encoder_checkpoint)
+        observation_spec = from_dict(MSDPConfig, observation).observation_spec
+    else:
+        identity, observation_spec = SCRATCH_IDENTITY, encoder.config.observation_spec
     sidecar = {
         "format": POLICY_FORMAT,
         "agent": to_dict(info.agent),
@@ -96,10 +114,27 @@ def save_policy(path: str | Path, actor: Actor, encoder: MSDPModel | None, info:
         "task": info.task,
         "action_dim": info.action_dim,
         "training": info.training,
+        "encoder_identity": identity,
+        "observation_spec": to_dict(observation_spec),
+        "action_spec": to_dict(action_spec_of(info)),
     }
     if encoder is not None:
         sidecar["encoder_config"] = to_dict(encoder.config)
     return save_module(path, PolicyWeights(actor, encoder), sidecar)
+
+
+def check_encoder(sidecar: dict[str, Any], meta: Path, checkpoint: str, encoder: MSDPModel) -> None:
+    """Refuse an encoder other than the one the policy was trained on (policies saved before identities were
+    recorded are checked by their observation spec only)."""
+    expected = sidecar.get("encoder_identity")
+    if expected is not None and expected != (found := encoder_identity(checkpoint)):
+        raise SpecMismatch(
+            f"{meta} was trained on encoder {expected[:12]}, but {checkpoint} is encoder {found[:12]}: "
+            "its embeddings mean something else to this actor"
+        )
+    if "observation_spec" in sidecar:
+        recorded = spec_from_dict(ObservationSpec, sidecar["observation_spec"], str(meta))
+        check_same(recorded, str(meta), encoder.config.observation_spec, checkpoint)
 
 
 def load_policy(path: str | Path, encoder_checkpoint: str | Path | None = None) -> Policy:
@@ -120,6 +155,8 @@ def load_policy(path: str | Path, encoder_checkpoint: str | Path | None = None) 
     except (KeyError, TypeError, ValueError) as exc:  # ValueError includes ConfigError
         raise CheckpointError(f"{meta}: bad policy sidecar ({first_line(exc)})") from exc
     encoder = MSDPModel(scratch) if scratch is not None else load_encoder(info.encoder_checkpoint)[0]
+    if scratch is None:
+        check_encoder(sidecar, meta, info.encoder_checkpoint, encoder)
     actor = Actor(info.agent, encoder.config.width, info.action_dim)
     weights = PolicyWeights(actor, encoder if info.encoder_variant == "scratch" else None)
     load_weights(path, weights)

@@ -32,13 +32,14 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
 from msdp import vocabulary as vocab
-from msdp.config import ConfigError, param_range
+from msdp.config import ConfigError, from_dict, param_range
 from msdp.markers import workspace_box_marker
 from msdp.node import MsdpNode, ros_message, run_node
 from msdp.vocabulary import pose_arrays, stamp_seconds
 from msdp_franka_driver.control_law import SafetyConfig, check_box
 from msdp_franka_driver.pose import quat_yaw, yaw_quat
-from msdp_perception.checkpoint import CheckpointError
+from msdp_perception.checkpoint import ENCODER_FORMAT, CheckpointError, encoder_identity, load_sidecar
+from msdp_perception.encoder import EncoderInfo
 from msdp_perception.model import MSDPConfig
 from msdp_policy.agent import Actor, AgentConfig
 from msdp_policy.learner import ActorWeightsGate, WeightsRefused
@@ -64,7 +65,9 @@ class PolicyNodeConfig:
     driver: str = field(default=f"/{vocab.DRIVER_NODE}", metadata={"doc": "driver node name (its ~/reset service)"})
     durable: bool = field(default=True, metadata={"doc": "fsync every logged transition"})
     seed: int = field(default=0, metadata=param_range(0, 2**31 - 1))
-    width: int = field(default=128, metadata=param_range(8, 2048, "embedding width (fresh actor)"))
+    encoder_checkpoint: str = field(
+        default="", metadata={"doc": "a fresh actor's encoder (the encoder node's checkpoint); a policy names its own"}
+    )
     agent: AgentConfig = field(default_factory=AgentConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     workspace_min: tuple[float, float, float] = field(
@@ -74,6 +77,11 @@ class PolicyNodeConfig:
 
     def check(self, prefix: str = "") -> None:
         check_box(self.workspace_min, self.workspace_max, f"{prefix}workspace")
+        if not self.policy and not self.encoder_checkpoint:
+            raise ConfigError(
+                f"parameter '{prefix}policy' or '{prefix}encoder_checkpoint' is required: the actor acts on one "
+                "encoder's embeddings"
+            )
 
 
 class PolicyNode(MsdpNode):
@@ -90,9 +98,11 @@ class PolicyNode(MsdpNode):
                 policy = load_policy(c.policy)
                 if policy.info.encoder_variant != "msdp_frozen":
                     raise ConfigError(f"policy {c.policy}: only msdp_frozen policies act on /msdp/embedding")
-                actor, model = policy.actor, policy.encoder.config
+                actor, model, encoder = policy.actor, policy.encoder.config, policy.info.encoder_checkpoint
             else:
-                actor, model = Actor(c.agent, c.width, task.action_dim), MSDPConfig(width=c.width)
+                model = from_dict(MSDPConfig, load_sidecar(c.encoder_checkpoint, ENCODER_FORMAT)["config"])
+                actor, encoder = Actor(c.agent, model.width, task.action_dim), c.encoder_checkpoint
+            self.encoder = EncoderInfo(encoder_identity(encoder), encoder, model.n_tokens, model.width)
             schema = transition_schema("msdp_frozen", model, task.action_dim)
             writer = TransitionWriter(c.transitions, schema, durable=c.durable)
         except (ValueError, TransitionLogError) as exc:
@@ -102,6 +112,7 @@ class PolicyNode(MsdpNode):
             super().destroy_node()
             raise
         self.driver_fault = ""  # what the driver reports on /franka/status; empty while it runs
+        self.foreign_encoder = ""  # set when /msdp/encoder names an encoder other than the policy's
         self.aborted = 0
         self.n_tokens, self.width = model.n_tokens, model.width
         self.episodes = OnlineEpisodes(
@@ -130,6 +141,7 @@ class PolicyNode(MsdpNode):
         self.subscription(vocab.TASK_GOAL, self.on_goal)
         self.subscription(vocab.ACTOR_WEIGHTS, self.on_weights)
         self.subscription(vocab.DRIVER_STATUS, self.on_driver_status)
+        self.subscription(vocab.ENCODER_INFO, self.on_encoder_info)
         self.reset_client = self.create_client(Trigger, vocab.driver_service(c.driver, vocab.RESET_SERVICE))
         self.create_timer(0.05, self.on_timer)
         self.get_logger().info(
@@ -167,6 +179,23 @@ class PolicyNode(MsdpNode):
             self.get_logger().info("driver running again: resuming with a reset")
         self.driver_fault = fault
 
+    def on_encoder_info(self, msg: String) -> None:
+        """Act only on embeddings of the policy's own encoder: another encoder's features mean nothing to it."""
+        try:
+            info = EncoderInfo.from_json(msg.data)
+        except ValueError as exc:
+            self.foreign_encoder = f"unreadable encoder description on {vocab.ENCODER_INFO.name}: {exc}"
+        else:
+            same = info.identity == self.encoder.identity
+            self.foreign_encoder = "" if same else (
+                f"the encoder node runs {info.checkpoint} (encoder {info.identity[:12]}), the policy acts on "
+                f"{self.encoder.checkpoint} (encoder {self.encoder.identity[:12]})"
+            )  # fmt: skip
+        if self.foreign_encoder:
+            self.get_logger().error(f"not acting: {self.foreign_encoder}")
+            if self.episodes.running:
+                self.episodes.abort()
+
     def on_weights(self, msg: UInt8MultiArray) -> None:
         """Swap in checked weights (names, shapes, dtypes, finite values, a growing version); refused weights are
         logged and the last good actor keeps acting (the topic is latched: a bad message must not kill the node
@@ -184,7 +213,7 @@ class PolicyNode(MsdpNode):
     # -- episodes -------------------------------------------------------------------------------------------
     def on_timer(self) -> None:
         """Between episodes: ask the driver for a reset, then wait for the new goal and the arm to settle."""
-        if self.episodes.running or self.exit_code is not None or self.driver_fault:
+        if self.episodes.running or self.exit_code is not None or self.driver_fault or self.foreign_encoder:
             return
         if self.reset_future is None and self.ready_at is None:
             if not self.reset_client.service_is_ready():
@@ -209,7 +238,7 @@ class PolicyNode(MsdpNode):
             self.publish_goal_marker()
 
     def on_embedding(self, msg: Image) -> None:
-        if not self.episodes.running or self.driver_fault:
+        if not self.episodes.running or self.driver_fault or self.foreign_encoder:
             return
         stamp = stamp_seconds(msg.header)
         if self.pose is None or abs(stamp_seconds(self.pose.header) - stamp) > self.config.pose_max_age:
