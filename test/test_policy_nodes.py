@@ -15,9 +15,10 @@ import time
 import numpy as np
 import pytest
 import torch
-from geometry_msgs.msg import TwistStamped
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from std_msgs.msg import Bool, Float32, UInt8MultiArray
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from std_msgs.msg import Bool, Float32, String, UInt8MultiArray
+from std_srvs.srv import Trigger
 
 from msdp_perception.checkpoint import save_encoder
 from msdp_perception.model import MSDPConfig, MSDPModel
@@ -160,3 +161,57 @@ def test_the_policy_node_refuses_what_it_cannot_run_with_a_clear_error(tmp_path,
     ours = [line for line in result.stderr.strip().splitlines() if not line.startswith("[ERROR] [")]  # rcl's own
     assert len(ours) == 1, result.stderr
     assert not (tmp_path / "log").exists()  # nothing half-created
+
+
+def test_the_policy_node_pauses_on_a_driver_fault_and_refuses_a_foreign_encoder(tmp_path):
+    """A reflex (the simulated arm pushed into its fixture) stops the arm: the policy logs and sends nothing until
+    ~/recover; an encoder node with other weights makes it stop acting."""
+    torch.manual_seed(0)
+    model = MSDPConfig(stem_channels=8, width=WIDTH, decoder_width=32)
+    own, foreign = (save_encoder(tmp_path / name / "encoder", MSDPModel(model)) for name in ("own", "foreign"))
+    log = tmp_path / "transitions"
+    sim = {"use_sim_time": True}
+    driver = {"backend": "mujoco", "marker_rate": 0.0, "task.max_episode_steps": 40, "sim.reflex_force": 60.0}
+    policy = {"transitions": str(log), "encoder_checkpoint": str(own), "task.max_episode_steps": 40,
+              "settle_time": 0.2, "random_steps": 10**6, "agent.hidden": 32, **sim}  # fmt: skip
+    logs = {name: tmp_path / f"{name}.log" for name in ("driver", "encoder", "foreign", "policy")}
+    probe = Probe()
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    status, poses, actions = [], [], []
+    probe.node.create_subscription(String, "/franka/status", lambda m: status.append(m.data), latched)
+    probe.node.create_subscription(PoseStamped, "/franka/ee_pose", poses.append, qos_profile_sensor_data)
+    probe.node.create_subscription(TwistStamped, "/msdp/action", actions.append, 10)
+    targets = probe.node.create_publisher(PoseStamped, "/franka/equilibrium_pose", 1)
+    recover = probe.node.create_client(Trigger, "/franka_driver/recover")
+    try:
+        with (
+            node_process("msdp_franka_driver.driver_node", driver, logs["driver"]),
+            node_process("msdp_policy.policy_node", policy, logs["policy"]),
+        ):
+            with node_process("msdp_perception.encoder_node", {"checkpoint": str(own), **sim}, logs["encoder"]):
+                wait_for(probe, lambda: log_count(log) >= 5, 90, "the policy to act", logs["policy"])
+                while not (status and status[-1].startswith("fault: cartesian_reflex")):  # push into the fixture
+                    pose = poses[-1]
+                    pose.pose.position.z -= 0.05
+                    targets.publish(pose)
+                    probe.spin_for(0.02)
+                wait_for(probe, lambda: "pausing" in logs["policy"].read_text(), 10, "the pause", logs["policy"])
+                probe.spin_for(0.5)  # what was in flight arrives
+                logged, acted = log_count(log), len(actions)
+                probe.spin_for(3.0)
+                assert (log_count(log), len(actions)) == (logged, acted), "the policy acted on a stopped arm"
+                assert "episode aborted by the driver fault" in logs["policy"].read_text()
+                assert recover.wait_for_service(timeout_sec=10)
+                future = recover.call_async(Trigger.Request())
+                assert probe.spin_until(future.done, 10) and future.result().success, future.result()
+                wait_for(probe, lambda: status[-1] == "running" and log_count(log) > logged + 3, 60, "resuming")
+            with node_process("msdp_perception.encoder_node", {"checkpoint": str(foreign), **sim}, logs["foreign"]):
+                wait_for(probe, lambda: "not acting" in logs["policy"].read_text(), 30, "the refusal", logs["policy"])
+                probe.spin_for(0.5)
+                acted = len(actions)
+                probe.spin_for(3.0)
+                assert len(actions) == acted, "the policy acted on another encoder's embeddings"
+        reader = TransitionReader(log)
+        assert reader.schema.meta["encoder_checkpoint"] == str(own)
+    finally:
+        probe.close()

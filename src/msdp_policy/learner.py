@@ -40,6 +40,7 @@ class Learner:
         for log in offline:
             if log.reader.schema.fields != replay.reader.schema.fields:
                 raise ValueError(f"offline log {log.reader.folder} stores other fields than {replay.reader.folder}")
+            replay.reader.schema.check_same_source(log.reader.schema, str(replay.reader.folder), str(log.reader.folder))
 
     def env_steps(self) -> int:
         """Environment steps in the log (every record but the episodes' final observations)."""

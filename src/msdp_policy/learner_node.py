@@ -23,7 +23,7 @@ from std_msgs.msg import MultiArrayDimension, UInt8MultiArray
 from msdp import vocabulary as vocab
 from msdp.config import ConfigError, param_range, to_dict
 from msdp.node import MsdpNode, run_node
-from msdp_perception.checkpoint import CheckpointError
+from msdp_perception.checkpoint import CheckpointError, encoder_identity
 from msdp_policy.agent import AgentConfig, SACAgent
 from msdp_policy.learner import Learner, actor_to_bytes
 from msdp_policy.policy import PolicyInfo, save_policy
@@ -72,6 +72,12 @@ class LearnerNode(MsdpNode):
         fields = reader.schema.fields
         if "tokens" not in fields:
             raise ConfigError(f"{c.transitions}: the learner node trains on token logs (msdp_frozen) only")
+        logged_encoder = reader.schema.meta.get("encoder")
+        if c.encoder_checkpoint and logged_encoder and encoder_identity(c.encoder_checkpoint) != logged_encoder:
+            raise ConfigError(
+                f"parameter 'encoder_checkpoint': {c.encoder_checkpoint} is not the encoder that made {c.transitions} "
+                f"({reader.schema.meta.get('encoder_checkpoint')}); the saved policy would name the wrong encoder"
+            )
         n_tokens, width = fields["tokens"][1]
         self.action_dim = fields["action"][1][0]
         agent = SACAgent(c.agent, width, n_tokens, self.action_dim)

@@ -21,7 +21,7 @@ from msdp_franka_driver.pose import quat_yaw
 from msdp_perception.bags import BagError, BagReader
 from msdp_perception.checkpoint import load_encoder
 from msdp_perception.dataset import BagDataset, find_bags
-from msdp_policy.replay import embedding_record, transition_schema
+from msdp_policy.replay import embedding_record, log_meta, transition_schema
 from msdp_policy.tasks import TaskConfig, action_spec, make_task
 from msdp_policy.transition_log import TransitionWriter
 
@@ -76,7 +76,8 @@ def offline_log_from_bags(
     model.eval()
     task_code = make_task(task.name)
     spec = action_spec(task)
-    schema = transition_schema("msdp_frozen", model.config, task_code.action_dim)
+    meta = log_meta(encoder_checkpoint, model.config, spec)
+    schema = transition_schema("msdp_frozen", model.config, task_code.action_dim, meta)
     if (out / "transitions.log").exists():
         raise FileExistsError(f"{out} already holds a transition log; choose a new folder")
     counts = {"steps": 0, "episodes": 0, "successes": 0}

@@ -45,8 +45,8 @@ from msdp_policy.agent import Actor, AgentConfig
 from msdp_policy.learner import ActorWeightsGate, WeightsRefused
 from msdp_policy.online import OnlineEpisodes
 from msdp_policy.policy import load_policy
-from msdp_policy.replay import transition_schema
-from msdp_policy.tasks import TaskConfig, make_task
+from msdp_policy.replay import log_meta, transition_schema
+from msdp_policy.tasks import TaskConfig, action_spec, make_task
 from msdp_policy.transition_log import TransitionLogError, TransitionWriter
 
 
@@ -103,7 +103,8 @@ class PolicyNode(MsdpNode):
                 model = from_dict(MSDPConfig, load_sidecar(c.encoder_checkpoint, ENCODER_FORMAT)["config"])
                 actor, encoder = Actor(c.agent, model.width, task.action_dim), c.encoder_checkpoint
             self.encoder = EncoderInfo(encoder_identity(encoder), encoder, model.n_tokens, model.width)
-            schema = transition_schema("msdp_frozen", model, task.action_dim)
+            meta = log_meta(encoder, model, action_spec(c.task))
+            schema = transition_schema("msdp_frozen", model, task.action_dim, meta)
             writer = TransitionWriter(c.transitions, schema, durable=c.durable)
         except (ValueError, TransitionLogError) as exc:
             super().destroy_node()

@@ -16,17 +16,33 @@ actor update. So a frozen encoder's log holds its tokens.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 
+from msdp.config import to_dict
+from msdp.specs import ActionSpec
+from msdp_perception.checkpoint import encoder_identity
 from msdp_perception.model import MSDPConfig
 from msdp_policy.transition_log import Schema, TransitionReader
 
 ENCODER_VARIANTS = ("msdp_frozen", "scratch")
 
 
-def transition_schema(encoder: str, model: MSDPConfig, action_dim: int) -> Schema:
-    """The log's fields for an encoder variant (see the module docstring)."""
+def log_meta(encoder_checkpoint: str | Path, model: MSDPConfig, action: ActionSpec) -> dict[str, Any]:
+    """What made a log: the encoder (identity and path) and the observation and action specs."""
+    return {
+        "encoder": encoder_identity(encoder_checkpoint),
+        "encoder_checkpoint": str(encoder_checkpoint),
+        "observation_spec": to_dict(model.observation_spec),
+        "action_spec": to_dict(action),
+    }
+
+
+def transition_schema(encoder: str, model: MSDPConfig, action_dim: int, meta: dict[str, Any] | None = None) -> Schema:
+    """The log's fields for an encoder variant (see the module docstring); ``meta`` from ``log_meta``."""
     common = {
         "episode": ("int64", ()),
         "action": ("float32", (action_dim,)),
@@ -50,7 +66,7 @@ def transition_schema(encoder: str, model: MSDPConfig, action_dim: int) -> Schem
         }
     else:
         raise ValueError(f"unknown encoder variant {encoder!r}; choose one of {', '.join(ENCODER_VARIANTS)}")
-    return Schema({**observation, **common})
+    return Schema({**observation, **common}, meta)
 
 
 OBSERVATION_FIELDS = ("tokens", "present", "pooled", "image", "wrench", "proprio", "sensors")

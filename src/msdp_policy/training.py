@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from msdp.config import ConfigError, from_dict, param_range, to_dict
 from msdp.metrics import read_rows, write_rows
+from msdp.specs import check_same
 from msdp_franka_driver.sim.config import EnvConfig
 from msdp_franka_driver.sim.env import FrankaTaskEnv
 from msdp_perception.checkpoint import load_encoder
@@ -36,7 +37,7 @@ from msdp_policy.agent import AgentConfig, SACAgent
 from msdp_policy.evaluation import evaluate
 from msdp_policy.learner import Learner
 from msdp_policy.policy import SENSOR_SUBSETS, Policy, PolicyInfo, save_policy
-from msdp_policy.replay import ENCODER_VARIANTS, Replay, embedding_record, transition_schema
+from msdp_policy.replay import ENCODER_VARIANTS, Replay, embedding_record, log_meta, transition_schema
 from msdp_policy.transition_log import TransitionLogError, TransitionReader, TransitionWriter
 
 
@@ -75,7 +76,9 @@ class Trainer:
             scratch.normalizer.load_state_dict(pretrained.normalizer.state_dict())
         self.encoder = (scratch if scratch is not None else pretrained).eval()
         self.agent = SACAgent(config.agent, model.width, model.n_tokens, self.env.action_dim, encoder=scratch)
-        self.schema = transition_schema(config.encoder_variant, model, self.env.action_dim)
+        check_same(model.observation_spec, str(encoder_checkpoint), self.env.observation_spec, "env.sim")
+        meta = log_meta(encoder_checkpoint, model, self.env.action_spec)
+        self.schema = transition_schema(config.encoder_variant, model, self.env.action_dim, meta)
         self.writer = TransitionWriter(out_dir / "transitions", self.schema, durable=False)
         self.replay = Replay(TransitionReader(out_dir / "transitions"))
         try:

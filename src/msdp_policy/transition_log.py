@@ -1,7 +1,10 @@
 """A durable, append-only log of transitions: one writer (the policy), any number of readers (learners).
 
 Layout of a log folder:
-    schema.json       field name -> dtype and shape, fixed when the log is created
+    schema.json       {"fields": field name -> dtype and shape, "meta": what made the log}, fixed when the log is
+                      created; ``meta`` names the encoder (its identity, the sha256 of its weights) and the
+                      observation and action specs, so logs of different encoders are never mixed (a log from
+                      before ``meta`` holds the fields alone and is trusted as it is)
     transitions.log   records, back to back: b"MSDT", payload length (uint32), CRC-32 of the payload (uint32),
                       then the payload: every field's bytes in schema order
 
@@ -27,6 +30,7 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,19 +50,42 @@ class CorruptRecordWarning(UserWarning):
 class Schema:
     """Names, dtypes and shapes of one transition's fields; records are their raw bytes in this order."""
 
-    def __init__(self, fields: dict[str, tuple[str, tuple[int, ...]]]):
+    def __init__(self, fields: dict[str, tuple[str, tuple[int, ...]]], meta: dict[str, Any] | None = None):
         self.fields = {name: (np.dtype(dtype).str, tuple(shape)) for name, (dtype, shape) in fields.items()}
+        self.meta = dict(meta or {})
         self.sizes = {
             name: int(np.prod(shape)) * np.dtype(dtype).itemsize for name, (dtype, shape) in self.fields.items()
         }
         self.record_size = sum(self.sizes.values())
 
     def to_json(self) -> str:
-        return json.dumps({name: [dtype, list(shape)] for name, (dtype, shape) in self.fields.items()}, indent=2)
+        fields = {name: [dtype, list(shape)] for name, (dtype, shape) in self.fields.items()}
+        return json.dumps({"fields": fields, "meta": self.meta}, indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> Schema:
-        return cls({name: (dtype, tuple(shape)) for name, (dtype, shape) in json.loads(text).items()})
+    def from_json(cls, text: str, where: Path) -> Schema:
+        """TransitionLogError naming ``where`` for anything but a schema (the old layout: the fields alone)."""
+        try:
+            data = json.loads(text)
+            fields, meta = (data["fields"], data.get("meta", {})) if "fields" in data else (data, {})
+            return cls({name: (dtype, tuple(shape)) for name, (dtype, shape) in fields.items()}, meta)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise TransitionLogError(f"{where}: not a transition log schema ({exc})") from exc
+
+    def check_same_source(self, other: Schema, mine: str, theirs: str) -> None:
+        """Refuse mixing logs made by different encoders or with different specs (a log without ``meta``, from
+        before it was recorded, is not checked)."""
+        if not self.meta or not other.meta:
+            return
+        differing = [key for key in sorted(set(self.meta) | set(other.meta)) if key != "encoder_checkpoint"
+                     and self.meta.get(key) != other.meta.get(key)]  # fmt: skip
+        if differing:
+            key = differing[0]
+            raise TransitionLogError(
+                f"{mine} and {theirs} come from different sources: {key} {self.meta.get(key)} vs "
+                f"{other.meta.get(key)} (encoders {self.meta.get('encoder_checkpoint')} and "
+                f"{other.meta.get('encoder_checkpoint')})"
+            )
 
     def encode(self, transition: dict[str, np.ndarray]) -> bytes:
         missing = sorted(set(self.fields) - set(transition))
@@ -110,7 +137,8 @@ class TransitionWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         schema_path, self.path = self.folder / SCHEMA_FILE, self.folder / LOG_FILE
         if schema_path.exists():
-            existing = Schema.from_json(schema_path.read_text())
+            existing = Schema.from_json(schema_path.read_text(), schema_path)
+            existing.check_same_source(schema, str(schema_path), "this run")
             if existing.fields != schema.fields:
                 raise TransitionLogError(
                     f"{schema_path}: the log was written with fields {existing.fields}, not {schema.fields}"
@@ -164,7 +192,7 @@ class TransitionReader:
         schema_path = self.folder / SCHEMA_FILE
         if not schema_path.exists():
             raise TransitionLogError(f"{schema_path} not found: {self.folder} is not a transition log (yet)")
-        self.schema = Schema.from_json(schema_path.read_text())
+        self.schema = Schema.from_json(schema_path.read_text(), schema_path)
         self.path = self.folder / LOG_FILE
         self.offset = 0
         self.count = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from msdp.specs import ObservationSpec
 from msdp_franka_driver.control_law import HOME_Q, N_JOINTS
 from msdp_franka_driver.sim.config import EnvConfig
 from msdp_franka_driver.sim.physics import SimulatedFranka, scene_xml
@@ -32,6 +33,8 @@ class FrankaTaskEnv:
         self.sim = SimulatedFranka(xml, self.config.impedance, self.config.safety, self.config.sim)
         self.sim.wrench_noise_std = self.config.task.ft_noise_std
         self.action_dim = self.task.action_dim
+        sim = self.config.sim
+        self.observation_spec = ObservationSpec(image_size=sim.image_size, ft_window=sim.wrench_window, joints=N_JOINTS)
         self.physics_steps_per_action = round(1.0 / (self.config.task.control_rate * self.config.sim.physics_dt))
         self.rng = np.random.default_rng(0)
         self.steps = 0
