@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from msdp.config import ConfigError, param_range, to_dict
 from msdp.metrics import write_rows
+from msdp.seeding import seed_run
 from msdp_perception.checkpoint import save_encoder
 from msdp_perception.dataset import BagDataset, find_bags
 from msdp_perception.model import MSDPConfig, MSDPModel
@@ -171,8 +172,7 @@ def pretrain(
     """Train an MSDP encoder on the bags; returns the summary also written to ``summary.json``."""
     from msdp_perception.preview import plot_curves, plot_preview
 
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    rng = seed_run(config.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     bag_paths = find_bags(bags)
     dataset = BagDataset(bag_paths, sync=config.sync, cache_dir=cache_dir, progress=progress)

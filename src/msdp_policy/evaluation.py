@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from msdp.config import ConfigError, from_dict
+from msdp.seeding import seed_run
 from msdp_franka_driver.control_law import ImpedanceConfig
 from msdp_franka_driver.sim.config import EnvConfig
 from msdp_franka_driver.sim.env import FrankaTaskEnv
@@ -94,7 +94,7 @@ def evaluate_policy(
         )
         config = replace(config, impedance=impedance)
     env = FrankaTaskEnv(config)
-    torch.manual_seed(EVAL_SEED_BASE)  # sampled actions, too, are the same from one call to the next
+    seed_run(EVAL_SEED_BASE)  # sampled actions, too, are the same from one call to the next
     try:
         result = evaluate(policy, env, episodes, deterministic)
     finally:

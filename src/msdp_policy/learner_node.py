@@ -23,6 +23,7 @@ from std_msgs.msg import MultiArrayDimension, UInt8MultiArray
 from msdp import vocabulary as vocab
 from msdp.config import ConfigError, param_range, to_dict
 from msdp.node import MsdpNode, run_node
+from msdp.seeding import seed_run
 from msdp_perception.checkpoint import CheckpointError, encoder_identity
 from msdp_policy.agent import AgentConfig, SACAgent
 from msdp_policy.learner import Learner, actor_to_bytes
@@ -52,7 +53,7 @@ class LearnerNode(MsdpNode):
     def __init__(self):
         super().__init__("msdp_learner", LearnerNodeConfig)
         torch.set_num_threads(self.config.threads)
-        torch.manual_seed(self.config.seed)
+        seed_run(self.config.seed)
         self.learner: Learner | None = None
         self.action_dim = 0
         self.exit_code: int | None = None

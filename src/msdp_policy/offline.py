@@ -21,7 +21,7 @@ from msdp_franka_driver.pose import quat_yaw
 from msdp_perception.bags import BagError, BagReader
 from msdp_perception.checkpoint import load_encoder
 from msdp_perception.dataset import BagDataset, find_bags
-from msdp_policy.replay import embedding_record, log_meta, transition_schema
+from msdp_policy.replay import embedding_record, final_record, log_meta, step_record, transition_schema
 from msdp_policy.tasks import TaskConfig, action_spec, make_task
 from msdp_policy.transition_log import TransitionWriter
 
@@ -92,8 +92,7 @@ def offline_log_from_bags(
                 fields = {name: values[i] for name, values in embeddings.items()}
                 following = data.next_index[i]
                 if following < 0:
-                    record = {"action": np.zeros(task_code.action_dim), "reward": 0.0, "terminal": False}
-                    writer.append({**fields, **record, "episode": np.int64(episode), "final": np.bool_(True)})
+                    writer.append(final_record(fields, episode, task_code.action_dim, terminal=False))
                     episode += 1
                     counts["episodes"] += 1
                     continue
@@ -103,10 +102,7 @@ def offline_log_from_bags(
                 goal_state = task_code.state_from_goal(goal[:3], quat_yaw(goal[3:]))
                 score = task_code.score_state(poses[following, :3], poses[following, 3:], goal_state)
                 action = spec.normalised(data.actions[i][:3], data.actions[i][3])
-                writer.append({
-                    **fields, "episode": np.int64(episode), "action": action.astype(np.float32),
-                    "reward": np.float32(score.reward), "terminal": np.bool_(score.success), "final": np.bool_(False),
-                })  # fmt: skip
+                writer.append(step_record(fields, episode, action, score.reward, score.success))
                 counts["steps"] += 1
                 counts["successes"] += int(score.success)
     return counts

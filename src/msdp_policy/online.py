@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from msdp.seeding import seed_run
 from msdp_perception.encoder import unpack_embedding
 from msdp_policy.agent import Actor
-from msdp_policy.replay import embedding_record
+from msdp_policy.replay import embedding_record, final_record, step_record
 from msdp_policy.tasks import TaskConfig, action_spec, make_task, target_after
 from msdp_policy.transition_log import TransitionWriter
 
@@ -50,8 +51,7 @@ class OnlineEpisodes:
         self.low, self.high = np.array(workspace[0]), np.array(workspace[1])
         self.writer, self.actor = writer, actor
         self.deterministic, self.random_steps = deterministic, random_steps
-        self.rng = np.random.default_rng(seed)
-        torch.manual_seed(seed)
+        self.rng = seed_run(seed)
         self.next_episode = time.time_ns()  # unique across restarts, so episodes never link over a restart
         self.episode: int | None = None
         self.goal_state: dict[str, np.ndarray] = {}
@@ -74,12 +74,6 @@ class OnlineEpisodes:
         sampled."""
         self.episode, self.pending = None, None
 
-    def _record(self, embedding: dict[str, np.ndarray], action: np.ndarray, reward: float, terminal: bool, final: bool):
-        self.writer.append({
-            **embedding, "episode": np.int64(self.episode), "action": action.astype(np.float32),
-            "reward": np.float32(reward), "terminal": np.bool_(terminal), "final": np.bool_(final),
-        })  # fmt: skip
-
     def step(self, rows: np.ndarray, position: np.ndarray, orientation: np.ndarray) -> StepResult:
         """One embedding (the packed rows of /msdp/embedding) and the end-effector pose at the same time."""
         if not self.running:
@@ -90,11 +84,11 @@ class OnlineEpisodes:
         if self.pending is not None:
             score = self.task.score_state(position, orientation, self.goal_state)
             terminal = score.success or score.failed
-            self._record(*self.pending, score.reward, terminal, final=False)
+            self.writer.append(step_record(self.pending[0], self.episode, self.pending[1], score.reward, terminal))
             self.steps += 1
             reward = score.reward
             if terminal or self.steps >= self.task_config.max_episode_steps:
-                self._record(embedding, np.zeros(self.task.action_dim), 0.0, terminal, final=True)
+                self.writer.append(final_record(embedding, self.episode, self.task.action_dim, terminal))
                 self.episodes_done += 1
                 self.successes += int(score.success)
                 self.episode, self.pending = None, None

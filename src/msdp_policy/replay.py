@@ -84,6 +84,23 @@ def embedding_record(tokens: np.ndarray, present: np.ndarray, pooled: np.ndarray
     return {"tokens": to_bfloat16_bits(tokens), "present": np.asarray(present, bool), "pooled": np.asarray(pooled)}
 
 
+def step_record(
+    observation: dict[str, np.ndarray], episode: int, action: np.ndarray, reward: float, terminal: bool
+) -> dict[str, np.ndarray]:
+    """A log record for one policy step: the observation, the action taken there, what followed it."""
+    return {**observation, "episode": np.int64(episode), "action": np.asarray(action, np.float32),
+            "reward": np.float32(reward), "terminal": np.bool_(terminal), "final": np.bool_(False)}  # fmt: skip
+
+
+def final_record(
+    observation: dict[str, np.ndarray], episode: int, action_dim: int, terminal: bool
+) -> dict[str, np.ndarray]:
+    """An episode's closing record: its last observation, with no action after it (zeros), so no transition
+    links it onward -- the one rule every writer (training, the policy node, offline logs) follows."""
+    return {**observation, "episode": np.int64(episode), "action": np.zeros(action_dim, np.float32),
+            "reward": np.float32(0.0), "terminal": np.bool_(terminal), "final": np.bool_(True)}  # fmt: skip
+
+
 def _tensor(values: np.ndarray, name: str) -> torch.Tensor:
     tensor = torch.from_numpy(values)
     return tensor.view(torch.bfloat16) if name == "tokens" else tensor

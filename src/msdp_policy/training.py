@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from msdp.config import ConfigError, from_dict, param_range, to_dict
 from msdp.metrics import read_rows, write_rows
+from msdp.seeding import seed_run
 from msdp.specs import check_same
 from msdp_franka_driver.sim.config import EnvConfig
 from msdp_franka_driver.sim.env import FrankaTaskEnv
@@ -37,7 +38,15 @@ from msdp_policy.agent import AgentConfig, SACAgent
 from msdp_policy.evaluation import evaluate
 from msdp_policy.learner import Learner
 from msdp_policy.policy import SENSOR_SUBSETS, Policy, PolicyInfo, save_policy
-from msdp_policy.replay import ENCODER_VARIANTS, Replay, embedding_record, log_meta, transition_schema
+from msdp_policy.replay import (
+    ENCODER_VARIANTS,
+    Replay,
+    embedding_record,
+    final_record,
+    log_meta,
+    step_record,
+    transition_schema,
+)
 from msdp_policy.transition_log import TransitionLogError, TransitionReader, TransitionWriter
 
 
@@ -64,7 +73,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, encoder_checkpoint: Path, out_dir: Path, offline: list[Path] = ()):
         self.config, self.out_dir = config, out_dir
         torch.set_num_threads(config.torch_threads)
-        torch.manual_seed(config.seed)
+        self.rng = seed_run(config.seed)  # before any network is built: the seed fixes their initial weights
         pretrained, _ = load_encoder(encoder_checkpoint)
         self.encoder_checkpoint = str(Path(encoder_checkpoint).resolve())
         self.env = FrankaTaskEnv(config.env)
@@ -93,7 +102,6 @@ class Trainer:
         self.rows: list[dict[str, float]] = []
         self.started = time.monotonic()
         self.elapsed_before = 0.0
-        self.rng = np.random.default_rng(config.seed)
 
     # -- persistence --------------------------------------------------------------------------------------
     def info(self) -> PolicyInfo:
@@ -128,26 +136,23 @@ class Trainer:
         if (self.out_dir / "metrics.csv").exists():
             self.rows = read_rows(self.out_dir / "metrics.csv")
         # Steps logged after the checkpoint stay in the replay (they are real experience); the seeds move on.
-        self.rng = np.random.default_rng([self.config.seed, self.env_steps])
         self.learner.rng = np.random.default_rng([self.config.seed, self.env_steps, 1])
-        torch.manual_seed(self.config.seed + self.env_steps)
+        self.rng = seed_run(self.config.seed, self.env_steps)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.started
 
     # -- the loop -----------------------------------------------------------------------------------------
-    def record(self, observation: dict[str, np.ndarray], embedding: Any, episode: int) -> dict[str, np.ndarray]:
+    def record(self, observation: dict[str, np.ndarray], embedding: Any) -> dict[str, np.ndarray]:
         """The observation fields of a log record (see replay.transition_schema)."""
         if self.config.encoder_variant == "msdp_frozen":
-            fields = embedding_record(embedding.tokens[0].numpy(), embedding.token_present[0].numpy(),
-                                      embedding.pooled[0].numpy())  # fmt: skip
-            return {**fields, "episode": np.int64(episode)}
+            return embedding_record(embedding.tokens[0].numpy(), embedding.token_present[0].numpy(),
+                                    embedding.pooled[0].numpy())  # fmt: skip
         return {
             "image": observation["image"],
             "wrench": observation["wrench"],
             "proprio": observation["proprio"],
             "sensors": self.policy.present[0].numpy(),
-            "episode": np.int64(episode),
         }
 
     def learn(self) -> None:
@@ -206,17 +211,12 @@ class Trainer:
             else:
                 action = self.policy.act(embedding.pooled, deterministic=False)
             next_observation, reward, terminated, truncated, info = self.env.step(action)
-            self.writer.append({
-                **self.record(observation, embedding, episode), "action": action.astype(np.float32),
-                "reward": np.float32(reward), "terminal": np.bool_(terminated), "final": np.bool_(False),
-            })  # fmt: skip
+            self.writer.append(step_record(self.record(observation, embedding), episode, action, reward, terminated))
             observation, embedding = next_observation, self.policy.encode(next_observation)
             self.env_steps += 1
             if terminated or truncated:
-                self.writer.append({
-                    **self.record(observation, embedding, episode), "action": np.zeros(self.env.action_dim, np.float32),
-                    "reward": np.float32(0.0), "terminal": np.bool_(terminated), "final": np.bool_(True),
-                })  # fmt: skip
+                final = final_record(self.record(observation, embedding), episode, self.env.action_dim, terminated)
+                self.writer.append(final)
                 recent_success = (recent_success + [bool(info["success"])])[-20:]
                 episode += 1
                 observation, _ = self.env.reset(seed=int(self.rng.integers(2**31)))

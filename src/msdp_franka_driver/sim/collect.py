@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from msdp import vocabulary as vocab
 from msdp.config import ConfigError, from_dict, param_range, to_dict
+from msdp.seeding import derived_seed
 from msdp.specs import ActionSpec
 from msdp_franka_driver.pose import yaw_quat
 from msdp_franka_driver.sim.config import EnvConfig
@@ -89,10 +90,6 @@ def _policy(env: FrankaTaskEnv, config: CollectConfig, rng: np.random.Generator)
     return np.clip(noisy, -1.0, 1.0)
 
 
-def _episode_seed(seed: int, episode: int) -> int:
-    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
-
-
 def collect_to_bags(out_dir: Path | str, config: CollectConfig, progress: bool = True) -> list[Path]:
     """Record ``config.samples`` observations into bag folders out_dir/bag_000, bag_001, ...; return them."""
     config = from_dict(CollectConfig, to_dict(config))  # validates every field, nested task included
@@ -119,7 +116,7 @@ def collect_to_bags(out_dir: Path | str, config: CollectConfig, progress: bool =
                     for i in range(n):
                         if pending is None:  # a new episode, after a gap in simulated time
                             t += EPISODE_GAP_NS
-                            pending = env.reset(seed=_episode_seed(config.seed, episode))[0], False
+                            pending = env.reset(seed=derived_seed(config.seed, episode))[0], False
                             recorder.goal(t, env)
                             episode += 1
                         obs, terminal = pending
