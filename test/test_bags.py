@@ -16,6 +16,7 @@ import pytest
 from rosbags.rosbag2 import CompressionFormat, CompressionMode, Reader, StoragePlugin, Writer
 from rosbags.rosbag2.storage_mcap import McapReader
 
+from msdp.specs import ObservationSpec
 from msdp_perception.bags import (
     TYPESTORE,
     BagDamaged,
@@ -27,7 +28,6 @@ from msdp_perception.bags import (
     recover_bag,
 )
 from msdp_perception.dataset import BagDataset
-from msdp_perception.observation import SyncConfig
 
 String = TYPESTORE.types["std_msgs/msg/String"]
 Header = TYPESTORE.types["std_msgs/msg/Header"]
@@ -383,13 +383,13 @@ def test_recover_bag_keeps_what_precedes_the_damage_and_the_damaged_file(tmp_pat
 def test_dataset_keeps_the_samples_before_the_damage(tmp_path, caplog):
     path = tmp_path / "bag"
     write_sensor_bag(path)
-    sync = SyncConfig(image_size=16)
-    intact = BagDataset([path], sync=sync, progress=False)
+    spec = ObservationSpec(image_size=16)
+    intact = BagDataset([path], spec=spec, progress=False)
     assert len(intact) == CHUNKS * IMAGES_PER_CHUNK
     flip_byte_in_third_chunk(path)
 
     with caplog.at_level(logging.WARNING):
-        damaged = BagDataset([path], sync=sync, progress=False)
+        damaged = BagDataset([path], spec=spec, progress=False)
     assert len(damaged) == 2 * IMAGES_PER_CHUNK
     for name in ("images", "wrench", "present", "stamps"):
         np.testing.assert_array_equal(getattr(damaged, name), getattr(intact, name)[: len(damaged)])

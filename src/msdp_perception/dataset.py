@@ -21,9 +21,10 @@ import numpy as np
 from tqdm import tqdm
 
 from msdp import vocabulary as vocab
+from msdp.specs import ObservationSpec
 from msdp_perception.bags import STORAGE_SUFFIXES, BagDamaged, BagError, BagReader
 from msdp_perception.messages import SensorDataError, image_from_msg, proprio_from_joint_state
-from msdp_perception.observation import MODALITIES, N_JOINTS, SensorSynchronizer, SyncConfig
+from msdp_perception.observation import MODALITIES, SensorSynchronizer, SyncConfig
 
 _log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when the decoding changes, so old cache files are not reused
@@ -54,14 +55,16 @@ def _action_from_msg(msg) -> np.ndarray:
     return np.array([*linear, yaw], dtype=np.float32)
 
 
-def decode_bag(path: Path, sync: SyncConfig, topics: BagTopics, progress: bool = True) -> dict[str, np.ndarray]:
+def decode_bag(
+    path: Path, spec: ObservationSpec, sync: SyncConfig, topics: BagTopics, progress: bool = True
+) -> dict[str, np.ndarray]:
     """The sample arrays of one bag (``next_index`` relative to this bag)."""
     with BagReader(path) as reader:
         _check_topics(path, reader.topics, topics)
         wanted = [t for t in dataclasses.astuple(topics) if t in reader.topics]
         readings: dict[str, list[tuple[int, np.ndarray]]] = {name: [] for name in EXPECTED_TYPES}
         decoders = {
-            topics.image: ("image", lambda msg: image_from_msg(msg, sync.image_size)),
+            topics.image: ("image", lambda msg: image_from_msg(msg, spec.image_size)),
             topics.wrench: ("wrench", vocab.wrench_array),
             topics.joint_states: ("joint_states", proprio_from_joint_state),
             topics.action: ("action", _action_from_msg),
@@ -77,7 +80,7 @@ def decode_bag(path: Path, sync: SyncConfig, topics: BagTopics, progress: bool =
                     raise BagError(f"bag {path}: topic {topic}, message at {timestamp} ns: {exc}") from exc
         except BagDamaged as exc:  # the samples before the damage are sound
             _log.warning("%s; using the samples before it", exc)
-    return _synchronise(readings, sync)
+    return _synchronise(readings, spec, sync)
 
 
 def _check_topics(path: Path, available: dict[str, str], topics: BagTopics) -> None:
@@ -92,7 +95,9 @@ def _check_topics(path: Path, available: dict[str, str], topics: BagTopics) -> N
             raise BagError(f"bag {path}: topic {topic} has type {available[topic]}, expected {expected}")
 
 
-def _synchronise(readings: dict[str, list[tuple[int, np.ndarray]]], sync: SyncConfig) -> dict[str, np.ndarray]:
+def _synchronise(
+    readings: dict[str, list[tuple[int, np.ndarray]]], spec: ObservationSpec, sync: SyncConfig
+) -> dict[str, np.ndarray]:
     """Feed every reading to the synchroniser in header-stamp order and observe at each image's stamp.
 
     At equal stamps wrenches and joint states go first, so an observation at t sees readings stamped t. Every
@@ -105,7 +110,7 @@ def _synchronise(readings: dict[str, list[tuple[int, np.ndarray]]], sync: SyncCo
         for index, (stamp, _) in enumerate(readings[kind])
     ]
     events.sort()
-    synchronizer = SensorSynchronizer(sync)
+    synchronizer = SensorSynchronizer(spec, sync)
     add = {"wrench": synchronizer.add_wrench, "joint_states": synchronizer.add_joint_state}
     observations, image_ns = [], []
     for stamp_ns, _, index, kind in events:
@@ -118,11 +123,11 @@ def _synchronise(readings: dict[str, list[tuple[int, np.ndarray]]], sync: SyncCo
         else:
             add[kind](t, value)
 
-    n, size = len(observations), sync.image_size
+    n, size = len(observations), spec.image_size
     arrays = {
         "images": np.stack([o.image for o in observations]) if n else np.zeros((0, size, size, 3), np.uint8),
-        "wrench": np.stack([o.wrench for o in observations]) if n else np.zeros((0, sync.ft_window, 6), np.float32),
-        "proprio": np.stack([o.proprio for o in observations]) if n else np.zeros((0, 2 * N_JOINTS), np.float32),
+        "wrench": np.stack([o.wrench for o in observations]) if n else np.zeros((0, spec.ft_window, 6), np.float32),
+        "proprio": np.stack([o.proprio for o in observations]) if n else np.zeros((0, spec.proprio_dim), np.float32),
         "present": np.array([[o.present[m] for m in MODALITIES] for o in observations], bool).reshape(n, 3),
         "stamps": np.array(image_ns, np.int64) * 1e-9,
     }
@@ -148,10 +153,12 @@ def _link_actions(image_ns: np.ndarray, actions: list[tuple[int, np.ndarray]]) -
     return linked_actions, next_index
 
 
-def _cache_file(cache_dir: Path, path: Path, sync: SyncConfig, topics: BagTopics) -> Path:
-    """Named by a hash of everything the arrays depend on: the bag's files, the sync rule, the topics."""
+def _cache_file(cache_dir: Path, path: Path, spec: ObservationSpec, sync: SyncConfig, topics: BagTopics) -> Path:
+    """Named by a hash of everything the arrays depend on: the bag's files, the sizes, the sync rule, the topics
+    (the sizes first, so caches written when they were part of the sync rule stay valid)."""
     files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
-    key = json.dumps([CACHE_VERSION, str(path.resolve()), files, dataclasses.asdict(sync), dataclasses.asdict(topics)])
+    rule = {"image_size": spec.image_size, "ft_window": spec.ft_window, **dataclasses.asdict(sync)}
+    key = json.dumps([CACHE_VERSION, str(path.resolve()), files, rule, dataclasses.asdict(topics)])
     return cache_dir / f"{path.name}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
 
 
@@ -204,7 +211,8 @@ class BagDataset:
     def __init__(
         self,
         paths: Sequence[Path | str],
-        sync: SyncConfig = SyncConfig(),  # noqa: B008 - frozen, so a shared default is safe
+        spec: ObservationSpec = ObservationSpec(),  # noqa: B008 - frozen, so a shared default is safe
+        sync: SyncConfig = SyncConfig(),  # noqa: B008
         topics: BagTopics = BagTopics(),  # noqa: B008
         cache_dir: Path | None = None,
         progress: bool = True,
@@ -213,17 +221,16 @@ class BagDataset:
             paths = [paths]
         if not paths:
             raise ValueError("BagDataset needs at least one bag folder")
-        sync.check("sync.")
         self.paths = [Path(p) for p in paths]
-        self.sync, self.topics = sync, topics
+        self.spec, self.sync, self.topics = spec, sync, topics
         self.from_cache = cache_dir is not None
         parts = []
         for path in self.paths:
-            cache_file = _cache_file(Path(cache_dir), path, sync, topics) if cache_dir is not None else None
+            cache_file = _cache_file(Path(cache_dir), path, spec, sync, topics) if cache_dir is not None else None
             arrays = _load_cache(cache_file) if cache_file is not None else None
             if arrays is None:
                 self.from_cache = False
-                arrays = decode_bag(path, sync, topics, progress)
+                arrays = decode_bag(path, spec, sync, topics, progress)
                 if cache_file is not None:
                     _save_cache(cache_file, arrays)
             parts.append(arrays)

@@ -60,14 +60,8 @@ class EncoderNode(MsdpNode):
             super().destroy_node()
             raise
         model = self.encoder.config
-        if (model.image_size, model.ft_window) != (self.config.sync.image_size, self.config.sync.ft_window):
-            super().destroy_node()
-            raise ConfigError(
-                f"parameters 'sync.image_size/ft_window' ({self.config.sync.image_size}, {self.config.sync.ft_window})"
-                f" must match the checkpoint's ({model.image_size}, {model.ft_window})"
-            )
         torch.set_num_threads(self.config.threads)
-        self.sync = SensorSynchronizer(self.config.sync)
+        self.sync = SensorSynchronizer(model.observation_spec, self.config.sync)  # sizes: the checkpoint's
         self.latencies: deque[float] = deque(maxlen=200)
         self.published = 0
         self.masked_reasons: dict[str, str] = {}
@@ -99,7 +93,7 @@ class EncoderNode(MsdpNode):
             self.get_logger().warning(f"{topic}: {exc}", throttle_duration_sec=5.0)
 
     def on_image(self, msg: Image) -> None:
-        size = self.config.sync.image_size
+        size = self.sync.spec.image_size
         self._decode(
             self.config.image_topic, lambda: self.sync.add_image(stamp_seconds(msg.header), image_from_msg(msg, size))
         )

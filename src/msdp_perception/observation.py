@@ -15,25 +15,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from msdp.config import ConfigError, param_range
+from msdp.config import param_range
+from msdp.specs import ObservationSpec
 
 MODALITIES = ("vision", "ft", "proprio")
-N_JOINTS = 7
 
 
 @dataclass(frozen=True)
 class SyncConfig:
-    """Age limits and window sizes of the observation sync rule (seconds, sensor header time)."""
+    """Age limits of the observation sync rule (seconds, sensor header time); the sizes are the encoder's
+    ``ObservationSpec``."""
 
-    image_size: int = field(default=64, metadata=param_range(16, 512, "pixels, square RGB image"))
-    ft_window: int = field(default=4, metadata=param_range(1, 64, "wrench readings per observation"))
     image_max_age: float = field(default=0.2, metadata=param_range(0.0, 10.0, "s"))
     wrench_max_age: float = field(default=0.05, metadata=param_range(0.0, 10.0, "s, age of the newest reading"))
     joint_max_age: float = field(default=0.05, metadata=param_range(0.0, 10.0, "s"))
-
-    def check(self, prefix: str = "") -> None:
-        if self.image_size % 8:
-            raise ConfigError(f"parameter '{prefix}image_size': {self.image_size} must be a multiple of 8")
 
 
 @dataclass
@@ -55,10 +50,11 @@ class Observation:
 class SensorSynchronizer:
     """Keeps the latest readings of each sensor and assembles an ``Observation`` for a given time."""
 
-    def __init__(self, config: SyncConfig | None = None):
+    def __init__(self, spec: ObservationSpec | None = None, config: SyncConfig | None = None):
+        self.spec = spec or ObservationSpec()
         self.config = config or SyncConfig()
         self._image: tuple[float, np.ndarray] | None = None
-        self._wrenches: deque[tuple[float, np.ndarray]] = deque(maxlen=self.config.ft_window)
+        self._wrenches: deque[tuple[float, np.ndarray]] = deque(maxlen=self.spec.ft_window)
         self._joints: tuple[float, np.ndarray] | None = None
 
     def add_image(self, stamp: float, image: np.ndarray) -> None:
@@ -77,9 +73,9 @@ class SensorSynchronizer:
 
     def observe(self, t: float) -> Observation:
         """The observation at time ``t``; readings stamped after ``t`` are not used."""
-        c = self.config
+        c, spec = self.config, self.spec
         reasons: dict[str, str] = {}
-        image = np.zeros((c.image_size, c.image_size, 3), np.uint8)
+        image = np.zeros((spec.image_size, spec.image_size, 3), np.uint8)
         if self._image is None or self._image[0] > t:
             reasons["vision"] = "no image yet"
         elif t - self._image[0] > c.image_max_age:
@@ -87,11 +83,11 @@ class SensorSynchronizer:
         else:
             image = self._image[1]
 
-        wrench = np.zeros((c.ft_window, 6), np.float32)
+        wrench = np.zeros((spec.ft_window, 6), np.float32)
         readings = [w for s, w in self._wrenches if s <= t]
         newest = max((s for s, _ in self._wrenches if s <= t), default=-math.inf)
-        if len(readings) < c.ft_window:
-            reasons["ft"] = f"{len(readings)} of {c.ft_window} wrench readings"
+        if len(readings) < spec.ft_window:
+            reasons["ft"] = f"{len(readings)} of {spec.ft_window} wrench readings"
         elif t - newest > c.wrench_max_age:
             reasons["ft"] = f"wrench is {t - newest:.3f} s old (limit {c.wrench_max_age} s)"
         elif not np.all(np.isfinite(np.stack(readings))):
@@ -99,7 +95,7 @@ class SensorSynchronizer:
         else:
             wrench = np.stack(readings)
 
-        proprio = np.zeros(2 * N_JOINTS, np.float32)
+        proprio = np.zeros(spec.proprio_dim, np.float32)
         if self._joints is None or self._joints[0] > t:
             reasons["proprio"] = "no joint state yet"
         elif t - self._joints[0] > c.joint_max_age:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from msdp.config import ConfigError, param_range, to_dict
+from msdp.config import param_range, to_dict
 from msdp.metrics import write_rows
 from msdp.seeding import seed_run
 from msdp_perception.checkpoint import save_encoder
@@ -43,13 +43,6 @@ class PretrainConfig:
     val_every: int = field(default=1000, metadata=param_range(1, 10_000_000, "updates between validations"))
     val_samples: int = field(default=1024, metadata=param_range(16, 1_000_000, "held-out samples per validation"))
     seed: int = field(default=0, metadata=param_range(0, 2**31 - 1))
-
-    def check(self, prefix: str = "") -> None:
-        if self.model.image_size != self.sync.image_size or self.model.ft_window != self.sync.ft_window:
-            raise ConfigError(
-                f"parameters '{prefix}model.image_size/ft_window' ({self.model.image_size}, {self.model.ft_window}) "
-                f"must equal '{prefix}sync.image_size/ft_window' ({self.sync.image_size}, {self.sync.ft_window})"
-            )
 
 
 class SampleSource:
@@ -175,7 +168,9 @@ def pretrain(
     rng = seed_run(config.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     bag_paths = find_bags(bags)
-    dataset = BagDataset(bag_paths, sync=config.sync, cache_dir=cache_dir, progress=progress)
+    dataset = BagDataset(
+        bag_paths, spec=config.model.observation_spec, sync=config.sync, cache_dir=cache_dir, progress=progress
+    )
     train_idx, val_idx = split_indices(dataset, config, rng)
     train, val = SampleSource(dataset, train_idx), SampleSource(dataset, val_idx)
     model = MSDPModel(config.model)
