@@ -102,6 +102,72 @@ def test_target_filter_is_first_order():
     assert position[0] == pytest.approx(1 - math.exp(-1), rel=1e-6)
 
 
+def yawed_down(yaw: float) -> np.ndarray:
+    """Tool down (180 degrees about x), turned about the base z axis by ``yaw``."""
+    return quat_multiply(rotvec_to_quat(np.array([0.0, 0.0, yaw])), np.array([1.0, 0.0, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["q", "minus_q"])
+@pytest.mark.parametrize(
+    "start, step",
+    [
+        (IDENTITY, np.array([0.0, 0.0, 0.3])),
+        (yawed_down(2.9), np.array([0.0, 0.0, 0.3])),  # the yaw passes +-pi on the way
+        (rotvec_to_quat(np.array([0.2, -0.1, 0.4])), np.array([0.1, -0.25, 0.12])),
+    ],
+    ids=["about_z", "tool_down_across_pi", "oblique"],
+)
+def test_target_filter_turns_the_orientation_first_order_along_the_short_arc(start, step, sign):
+    """A step in target orientation (given as q or as -q, the same rotation): the filtered orientation turns
+    about the step's axis only, towards the target, its angle to the target shrinking by exp(-dt/tau) per cycle."""
+    tau, dt = 0.005, 0.001
+    target = quat_multiply(rotvec_to_quat(step), start)
+    f = TargetFilter(time_constant=tau, dt=dt)
+    f.reset(np.zeros(3), start)
+    axis = step / np.linalg.norm(step)
+    previous = np.linalg.norm(step)
+    for cycle in range(60):
+        _, orientation = f(np.zeros(3), sign * target)
+        assert np.linalg.norm(orientation) == pytest.approx(1.0, abs=1e-12)
+        moved = orientation_error(orientation, start)  # the way turned so far, as a rotation vector
+        np.testing.assert_allclose(np.cross(moved, axis), 0.0, atol=1e-9)  # on the short arc from start ...
+        assert float(moved @ axis) >= -1e-12  # ... in the step's direction, never the long way round
+        remaining = np.linalg.norm(orientation_error(target, orientation))
+        if cycle < 20:  # (later the angle is down at rounding level)
+            assert remaining / previous == pytest.approx(math.exp(-dt / tau), rel=1e-3)
+        assert remaining < previous
+        previous = remaining
+    assert previous < 1e-4  # 60 cycles = 12 time constants
+    for _ in range(200):
+        _, orientation = f(np.zeros(3), sign * target)
+    assert np.linalg.norm(orientation_error(target, orientation)) < 1e-12  # reaches the target
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["q", "minus_q"])
+def test_target_filter_takes_a_large_turn_monotonically_and_reaches_it(sign):
+    start = yawed_down(-0.4)
+    target = yawed_down(2.3)  # 2.7 rad away: nlerp is no longer angle-linear, but still monotone and unit
+    f = TargetFilter(time_constant=0.01, dt=0.001)
+    f.reset(np.zeros(3), start)
+    previous = 2.7
+    for _ in range(200):
+        _, orientation = f(np.zeros(3), sign * target)
+        assert np.linalg.norm(orientation) == pytest.approx(1.0, abs=1e-12)
+        remaining = np.linalg.norm(orientation_error(target, orientation))
+        assert remaining < previous
+        previous = remaining
+    assert previous < 1e-6
+
+
+def test_target_filter_off_passes_the_target_through():
+    f = TargetFilter(time_constant=0.0, dt=0.001)
+    f.reset(np.zeros(3), IDENTITY)
+    target = rotvec_to_quat(np.array([0.0, 0.5, 0.0]))
+    position, orientation = f(np.array([0.1, 0.2, 0.3]), target)
+    np.testing.assert_allclose(position, [0.1, 0.2, 0.3])
+    np.testing.assert_allclose(orientation, target, atol=1e-12)
+
+
 @pytest.mark.parametrize("axis", [0, 1, 2])
 @pytest.mark.parametrize("side", [0, 1])
 def test_workspace_box_clip_is_exact_on_each_face(axis, side):
@@ -145,6 +211,47 @@ def test_the_target_the_law_sees_moves_no_faster_than_the_speed_limits():
         previous_position, previous_orientation = position, orientation
     np.testing.assert_allclose(position, s.position + [0.15, 0.0, -0.1])  # it gets there in the end
     assert np.linalg.norm(orientation_error(orientation, s.orientation)) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["q", "minus_q"])
+@pytest.mark.parametrize("current_yaw", [0.0, 3.0, -2.0])
+def test_safety_filter_turns_the_target_orientation_at_the_speed_limit_within_the_angle_leash(current_yaw, sign):
+    """A target orientation 0.6 rad from a tool-down pose (q or -q): what the law sees turns at most
+    max_target_angular_speed * dt per cycle, towards the target along the short arc, and stops at
+    max_target_angle from the current orientation; a target inside the leash is reached exactly."""
+    config = SafetyConfig(max_target_angular_speed=0.5, max_target_angle=0.3)
+    safety = SafetyFilter(config)
+    s = state()
+    s.orientation = yawed_down(current_yaw)
+    safety.hold(s.position, s.orientation)
+    far = sign * yawed_down(current_yaw + 0.6)
+    previous, turned = s.orientation, []
+    for cycle in range(1, 1001):
+        if cycle % 100 == 1:
+            assert safety.submit(s.position, far, now=cycle * 0.001)  # 10 Hz: the watchdog stays quiet
+        _, orientation = safety(s, now=cycle * 0.001)
+        assert np.linalg.norm(orientation) == pytest.approx(1.0, abs=1e-9)
+        turn = np.linalg.norm(orientation_error(orientation, previous))
+        assert turn <= config.max_target_angular_speed * 0.001 + 1e-9
+        away = orientation_error(orientation, s.orientation)
+        assert np.linalg.norm(away) <= config.max_target_angle + 1e-9  # the leash
+        np.testing.assert_allclose(away[:2], 0.0, atol=1e-9)  # about z only ...
+        assert away[2] >= -1e-12  # ... and the short way (+0.6, not -5.7 rad)
+        turned.append(turn)
+        previous = orientation
+    assert sum(turned[:501]) == pytest.approx(0.25, rel=1e-6)  # the speed limit binds (the first call has dt 0) ...
+    assert np.linalg.norm(orientation_error(orientation, s.orientation)) == pytest.approx(0.3)  # ... then the leash
+    assert np.linalg.norm(orientation_error(far, orientation)) == pytest.approx(0.3)  # on the arc to the target
+
+    near = -sign * yawed_down(current_yaw - 0.2)  # inside the leash: reached, the short way back
+    limit = config.max_target_angular_speed * 0.001 + 1e-9
+    for cycle in range(1001, 3001):
+        if cycle % 100 == 1:
+            safety.submit(s.position, near, now=cycle * 0.001)
+        _, orientation = safety(s, now=cycle * 0.001)
+        assert np.linalg.norm(orientation_error(orientation, previous)) <= limit
+        previous = orientation
+    assert np.linalg.norm(orientation_error(near, orientation)) < 1e-9
 
 
 def test_non_finite_targets_are_rejected_and_the_previous_target_stays():

@@ -1,15 +1,19 @@
 """The driver node with the simulated arm, as a real process talking over DDS (isolated domain)."""
 
+import itertools
 import math
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, WrenchStamped
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker, MarkerArray
 
 from ros_harness import Probe, node_process
 
@@ -57,7 +61,11 @@ class DriverProbe(Probe):
 
     def call_reset(self) -> Trigger.Response:
         """Call the driver's ~/reset service and wait for its answer."""
-        client = self.node.create_client(Trigger, "/franka_driver/reset")
+        return self.call("/franka_driver/reset")
+
+    def call(self, service: str) -> Trigger.Response:
+        """Call one of the driver's Trigger services and wait for its answer."""
+        client = self.node.create_client(Trigger, service)
         assert client.wait_for_service(timeout_sec=10.0)
         future = client.call_async(Trigger.Request())
         assert self.spin_until(future.done, 10.0)
@@ -67,6 +75,45 @@ class DriverProbe(Probe):
         for _ in range(int(seconds * rate)):
             self.send(position)
             self.spin_for(1.0 / rate)
+
+
+class WatchingProbe(DriverProbe):
+    """Also listens to what the driver reports: /diagnostics, /msdp/markers and the latched /franka/status."""
+
+    def __init__(self):
+        super().__init__()
+        self.diagnostics: list[DiagnosticStatus] = []
+        self.diagnostic_stamps: list[float] = []  # s, the arrays' header stamps
+        self.markers: list[MarkerArray] = []
+        self.statuses: list[str] = []
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.on_diagnostics, 10)
+        self.node.create_subscription(MarkerArray, "/msdp/markers", self.markers.append, 1)
+        latched = QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+        )
+        self.node.create_subscription(String, "/franka/status", lambda m: self.statuses.append(m.data), latched)
+
+    def on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name == "franka_driver: control loop":
+                self.diagnostics.append(status)
+                self.diagnostic_stamps.append(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
+
+    def next_diagnostics(self, timeout: float = 3.0) -> DiagnosticStatus:
+        """The next control-loop status published from now on."""
+        count = len(self.diagnostics)
+        assert self.spin_until(lambda: len(self.diagnostics) > count, timeout), "no /diagnostics from the driver"
+        return self.diagnostics[-1]
+
+    def next_markers(self, timeout: float = 3.0) -> dict[str, Marker]:
+        """The next /msdp/markers array, by namespace."""
+        count = len(self.markers)
+        assert self.spin_until(lambda: len(self.markers) > count, timeout), "no /msdp/markers from the driver"
+        return {marker.ns: marker for marker in self.markers[-1].markers}
+
+
+def values(status: DiagnosticStatus) -> dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
 
 
 @pytest.fixture
@@ -79,6 +126,129 @@ def driver(tmp_path, request):
             yield probe, process, tmp_path / "driver.log"
         finally:
             probe.close()
+
+
+@pytest.fixture
+def watched_driver(tmp_path, request):
+    params = getattr(request, "param", {})
+    with node_process(DRIVER, {"camera_rate": 0.0, **params}, tmp_path / "driver.log") as process:
+        probe = WatchingProbe()
+        try:
+            probe.wait_ready()
+            yield probe, process, tmp_path / "driver.log"
+        finally:
+            probe.close()
+
+
+WORKSPACE_MIN, WORKSPACE_MAX = (0.2, -0.4, 0.005), (0.8, 0.3, 0.7)  # not the defaults: the marker must read them
+
+
+@pytest.mark.parametrize(
+    "watched_driver",
+    [{"safety.workspace_min": "[0.2,-0.4,0.005]", "safety.workspace_max": "[0.8,0.3,0.7]"}],
+    indirect=True,
+)
+def test_driver_reports_its_health_status_and_markers(watched_driver):
+    probe, _, _ = watched_driver
+    # /franka/status: "running", on a latched (transient local) publisher, so late joiners learn it
+    assert probe.spin_until(lambda: probe.statuses, 3.0) and probe.statuses[-1] == "running"
+    (info,) = probe.node.get_publishers_info_by_topic("/franka/status")
+    assert info.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
+
+    # /diagnostics: one "franka_driver: control loop" status at about 1 Hz, level OK, the backend's figures
+    first = probe.next_diagnostics()
+    for _ in range(2):
+        probe.next_diagnostics(timeout=2.0)
+    periods = np.diff(probe.diagnostic_stamps[-3:])
+    assert 0.8 < np.mean(periods) < 1.25 and np.all(periods > 0.3), periods
+    status = probe.diagnostics[-1]
+    assert status.level == DiagnosticStatus.OK and status.message == "running"
+    assert status.hardware_id == "franka_driver"
+    assert {"holding", "rejected_targets", "sim_time_s"} <= set(values(status))
+    assert values(status)["holding"] == "True" and values(status)["rejected_targets"] == "0"
+    sim_times = [float(values(s)["sim_time_s"]) for s in (first, status)]
+    assert 1.0 < sim_times[1] - sim_times[0] < 3.0  # two periods of about 1 s (real_time_factor 1)
+
+    # /msdp/markers: the configured workspace box, the wrench arrow from the tool tip, no target yet
+    markers = probe.next_markers()
+    assert "target" not in markers
+    box = markers["workspace"]
+    assert box.type == Marker.LINE_LIST and box.header.frame_id == "fr3_link0"
+    assert len(box.points) == 24  # 12 edges
+    points = [(p.x, p.y, p.z) for p in box.points]
+    corners = set(itertools.product(*zip(WORKSPACE_MIN, WORKSPACE_MAX, strict=True)))
+    assert set(points) == corners
+    edges = {frozenset(points[i : i + 2]) for i in range(0, 24, 2)}
+    assert len(edges) == 12
+    for a, b in map(tuple, edges):
+        assert sum(u != v for u, v in zip(a, b, strict=True)) == 1  # an edge, not a diagonal
+    arrow = markers["wrench"]
+    assert arrow.type == Marker.ARROW and len(arrow.points) == 2
+    tail = np.array([arrow.points[0].x, arrow.points[0].y, arrow.points[0].z])
+    assert np.linalg.norm(tail - probe.position()) < 0.005  # from the tool tip
+    head = np.array([arrow.points[1].x, arrow.points[1].y, arrow.points[1].z])
+    assert np.linalg.norm(head - tail) < 0.05  # a free tool at rest: (nearly) no force
+
+    # a target: the marker shows it; while targets stream the arm follows (not holding), after they stop it holds
+    count = len(probe.diagnostics)
+    target = probe.position() + [0.0, 0.0, 0.02]
+    probe.stream(target, seconds=1.5)
+    sphere = probe.next_markers()["target"]
+    assert sphere.type == Marker.SPHERE and sphere.header.frame_id == "fr3_link0"
+    np.testing.assert_allclose([sphere.pose.position.x, sphere.pose.position.y, sphere.pose.position.z], target)
+    assert "False" in [values(s)["holding"] for s in probe.diagnostics[count:]]
+    assert values(probe.next_diagnostics())["holding"] == "True"  # the watchdog, 200 ms after the last target
+
+    # non-finite targets are counted in rejected_targets (one each), and the status stays OK
+    start = probe.position().copy()
+    for _ in range(3):
+        probe.send([math.nan, start[1], start[2]])
+        probe.spin_for(0.25)
+    assert probe.spin_until(lambda: values(probe.diagnostics[-1])["rejected_targets"] == "3", 3.0), values(
+        probe.diagnostics[-1]
+    )
+    assert probe.diagnostics[-1].level == DiagnosticStatus.OK
+
+
+@pytest.mark.parametrize("watched_driver", [{"sim.reflex_force": 5.0}], indirect=True)
+def test_a_reflex_faults_the_driver_until_recover(watched_driver):
+    probe, _, log = watched_driver
+    assert probe.spin_until(lambda: probe.statuses, 3.0) and probe.statuses[-1] == "running"
+
+    # push the tool down into the fixture until the force on it exceeds sim.reflex_force
+    def faulted() -> bool:
+        return probe.statuses[-1].startswith("fault: ")
+
+    for _ in range(200):
+        if faulted():
+            break
+        probe.send(probe.position() - [0.0, 0.0, 0.05])
+        probe.spin_for(0.05)
+    assert faulted(), f"no reflex; status {probe.statuses[-1]!r}"
+    assert probe.statuses[-1].startswith("fault: cartesian_reflex: ") and "sim.reflex_force 5.0 N" in probe.statuses[-1]
+    status = probe.next_diagnostics()
+    assert status.level == DiagnosticStatus.ERROR
+    assert "cartesian_reflex" in status.message and "~/recover" in status.message
+    assert "arm stopped: cartesian_reflex" in log.read_text()
+
+    # stopped: reset is refused, targets are ignored
+    response = probe.call("/franka_driver/reset")
+    assert not response.success and "cannot reset" in response.message and "cartesian_reflex" in response.message
+    held = probe.position().copy()
+    probe.stream(held + [0.0, 0.0, 0.03], seconds=1.0)
+    assert np.linalg.norm(probe.position() - held) < 0.003
+    assert faulted()
+
+    # ~/recover clears it: running again, level OK, and targets are followed
+    response = probe.call("/franka_driver/recover")
+    assert response.success and "recovered from cartesian_reflex" in response.message
+    assert probe.spin_until(lambda: probe.statuses[-1] == "running", 3.0), probe.statuses[-1]
+    assert probe.next_diagnostics().level == DiagnosticStatus.OK
+    target = probe.position() + [0.0, 0.0, 0.03]
+    probe.stream(target, seconds=1.5)
+    assert np.linalg.norm(probe.position() - target) < 0.005
+    assert probe.statuses[-1] == "running"
+    assert probe.call("/franka_driver/reset").success
 
 
 def test_published_target_moves_the_end_effector_toward_it(driver):
@@ -141,6 +311,38 @@ def test_bad_parameters_stop_the_node_with_an_error_naming_them(override, messag
     )
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def assert_one_line_naming_the_typo(result: subprocess.CompletedProcess, typo: str, meant: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"'{typo}'" in lines[0] and f"did you mean '{meant}'" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_parameter_stops_the_node_naming_the_nearest_one():
+    result = subprocess.run(
+        [sys.executable, "-m", DRIVER, "--ros-args", "-p", "impedance.translational_stifness:=100.0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert_one_line_naming_the_typo(result, "impedance.translational_stifness", "impedance.translational_stiffness")
+
+
+def test_a_typo_in_a_params_file_stops_the_node_naming_the_nearest_one(tmp_path):
+    params = tmp_path / "driver.yaml"
+    params.write_text(
+        "franka_driver:\n  ros__parameters:\n    state_rate: 50.0\n    safety:\n      watchdog_timout: 0.3\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", DRIVER, "--ros-args", "--params-file", str(params)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert_one_line_naming_the_typo(result, "safety.watchdog_timout", "safety.watchdog_timeout")
 
 
 def test_an_unreachable_robot_stops_the_node_with_an_error_naming_it():
