@@ -172,11 +172,6 @@ def test_pretrain_and_collect_flags_reach_the_config(monkeypatch, tmp_path):
     assert config.policy == "scripted_noise" and config.samples_per_bag == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: msdp/cli.py configured() drops shorthand flags whose value == False, i.e. 0 and 0.0 "
-    "(`getattr(args, flag) not in (None, False)`), so the config file's value stays",
-)
 @pytest.mark.parametrize(
     "job, module, function, yaml_text, flags, field, expected",
     [

@@ -294,3 +294,24 @@ def test_evaluation_refuses_bad_arguments_with_the_parameter_named(tmp_path, enc
         evaluate_policy(policy, 1, Perturbations(image_noise=-1.0))
     with pytest.raises(ConfigError, match="parameter 'impedance.translational_stiffness': -5.0 is outside"):
         evaluate_policy(policy, 1, Perturbations(stiffness=-5.0))
+
+
+def test_the_command_line_resumes_with_the_saved_config_and_refuses_flags_that_would_not_apply(
+    tmp_path, encoder, capsys
+):
+    """A resumed run keeps config.json: a flag that would not reach it is refused, and with no --steps it goes on
+    to the end it was started for."""
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump({**SMALL, "steps": 20}))
+    run = tmp_path / "run"
+    args = ["train", "--encoder", str(encoder), "--config", str(config), "--out", str(run)]
+    assert msdp([*args, "--steps", "20", "--set", "eval_every=10"]) == 0
+    assert [int(r["env_steps"]) for r in rows(run)] == [0, 10, 20]
+    capsys.readouterr()
+    for extra in (["--bridge", "pooling"], ["--set", "agent.hidden=32"], ["--eval-every", "5"]):
+        assert msdp([*args, "--resume", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "would not apply" in err and extra[0] in err, err
+    (run / "config.json").write_text(json.dumps({**json.loads((run / "config.json").read_text()), "steps": 30}))
+    assert msdp([*args, "--resume", "--threads", "1"]) == 0  # the saved end (30), not the YAML's 20
+    assert [int(r["env_steps"]) for r in rows(run)] == [0, 10, 20, 30]

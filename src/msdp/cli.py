@@ -11,10 +11,12 @@ an output folder the failed command created is removed again if nothing was writ
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +67,17 @@ def apply_overrides(config: dict[str, Any], overrides: list[tuple[str, Any]]) ->
     return config
 
 
+def given(args: argparse.Namespace, flag: str) -> bool:
+    """Whether a shorthand flag was on the command line: a value (0 included) or a switch that is on."""
+    value = getattr(args, flag)
+    return value is not None and value is not False
+
+
 def configured(cls: type, args: argparse.Namespace, shorthands: dict[str, str]) -> Any:
     """The job's config: the YAML file, then the shorthand flags that were given, then ``--set``."""
     config = to_dict(load_yaml(cls, args.config))
-    given = [(key, getattr(args, flag)) for flag, key in shorthands.items() if getattr(args, flag) not in (None, False)]
-    return from_dict(cls, apply_overrides(config, given + list(args.set)))
+    given_flags = [(key, getattr(args, flag)) for flag, key in shorthands.items() if given(args, flag)]
+    return from_dict(cls, apply_overrides(config, given_flags + list(args.set)))
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, yaml_name: str) -> None:
@@ -216,11 +224,28 @@ TRAIN_FLAGS = {
 }  # fmt: skip
 
 
+RESUME_FLAGS = ("steps", "threads")  # a resumed run keeps its saved config (config.json) but for these
+
+
 def _train(args: argparse.Namespace) -> int:
     from msdp_policy.training import TrainConfig, train
 
+    if args.resume:
+        ignored = [f"--{flag.replace('_', '-')}" for flag in TRAIN_FLAGS if flag not in RESUME_FLAGS
+                   and given(args, flag)] + [f"--set {key}" for key, _ in args.set]  # fmt: skip
+        if ignored:
+            raise ConfigError(
+                f"--resume continues the run in --out with its saved config.json; {', '.join(ignored)} would not "
+                "apply (only --steps and --threads do)"
+            )
     config = configured(TrainConfig, args, TRAIN_FLAGS)
     out = Path(args.out or f"runs/train_{config.env.task.name}_{config.encoder_variant}_s{config.seed}")
+    saved = out / "config.json"
+    if args.resume and args.steps is None and saved.is_file():  # go on to the end the run was started for
+        try:
+            config = replace(config, steps=int(json.loads(saved.read_text())["steps"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{saved}: not the config of a run ({exc})") from exc
     with new_output(out):
         summary = train(config, Path(args.encoder), out, args.resume, [Path(p) for p in args.offline])
     final = summary["final"]

@@ -18,9 +18,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from msdp import vocabulary as vocab
 from msdp.config import param_range, to_dict
 from msdp.metrics import write_rows
 from msdp.seeding import seed_run
+from msdp_perception.bags import BagError
 from msdp_perception.checkpoint import save_encoder
 from msdp_perception.dataset import BagDataset, find_bags
 from msdp_perception.model import MSDPConfig, MSDPModel
@@ -78,12 +80,13 @@ def split_indices(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train and held-out sample indices, held out in contiguous blocks so neighbouring frames do not leak."""
     usable = np.arange(len(dataset))
+    bags = ", ".join(str(path) for path in dataset.paths)
     if config.model.objective == "prediction":
         usable = usable[dataset.next_index[usable] >= 0]
         if len(usable) == 0:
-            raise ValueError("the prediction objective needs recorded actions (/msdp/action); the bags have none")
+            raise BagError(f"{bags}: no recorded actions ({vocab.ACTION.name}), which the prediction objective needs")
     if len(usable) < 2:
-        raise ValueError(f"only {len(usable)} usable samples in the bags; pretraining needs more")
+        raise BagError(f"{bags}: only {len(usable)} usable samples; pretraining needs at least 2")
     blocks = usable // config.val_block
     unique = np.unique(blocks)
     n_val = min(len(unique) - 1, round(len(unique) * config.val_fraction)) if config.val_fraction > 0 else 0

@@ -15,6 +15,7 @@ import numpy as np
 
 from msdp.config import ConfigError, from_dict
 from msdp.seeding import seed_run
+from msdp.specs import check_same
 from msdp_franka_driver.control_law import ImpedanceConfig
 from msdp_franka_driver.sim.config import EnvConfig
 from msdp_franka_driver.sim.env import FrankaTaskEnv
@@ -94,6 +95,7 @@ def evaluate_policy(
         )
         config = replace(config, impedance=impedance)
     env = FrankaTaskEnv(config)
+    check_same(policy.encoder.config.observation_spec, f"{path}'s encoder", env.observation_spec, "the simulated cell")
     seed_run(EVAL_SEED_BASE)  # sampled actions, too, are the same from one call to the next
     try:
         result = evaluate(policy, env, episodes, deterministic)

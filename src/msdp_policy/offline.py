@@ -83,7 +83,7 @@ def offline_log_from_bags(
     counts = {"steps": 0, "episodes": 0, "successes": 0}
     with TransitionWriter(out, schema, durable=False) as writer:
         for episode_base, bag in enumerate(bags):
-            data = BagDataset([bag], progress=progress)
+            data = BagDataset([bag], spec=model.config.observation_spec, progress=progress)
             stamps_ns = np.round(data.stamps * 1e9).astype(np.int64)
             poses, goals = poses_and_goals(bag, stamps_ns)
             embeddings = _encode(model, data, progress)

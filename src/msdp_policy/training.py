@@ -251,7 +251,10 @@ def train(
     if resume and not (out_dir / "agent.pt").exists():
         raise ConfigError(f"{out_dir}/agent.pt not found: nothing to resume")
     if resume:
-        saved = from_dict(TrainConfig, json.loads((out_dir / "config.json").read_text()))
+        try:
+            saved = from_dict(TrainConfig, json.loads((out_dir / "config.json").read_text()))
+        except (OSError, ValueError) as exc:  # ValueError includes ConfigError and JSONDecodeError
+            raise ConfigError(f"{out_dir / 'config.json'}: not the config of a run ({exc})") from exc
         config = replace(saved, steps=config.steps, torch_threads=config.torch_threads)
     trainer = Trainer(config, encoder_checkpoint, out_dir, offline)
     if resume:
