@@ -22,6 +22,7 @@ REAL_CELL_MODULES = (
     "msdp_policy.offline",
 )
 TOPIC = re.compile(r"/(camera|ft_sensor|joint_states|franka|msdp|diagnostics|clock)(/\w+)*")
+FRAME = re.compile(r"fr3_link0|ft_sensor|third_person_camera|msdp_embedding")
 SIMULATOR_CONFIG = ["msdp_franka_driver.sim", "msdp_franka_driver.sim.config"]  # settings only, no MuJoCo
 
 
@@ -74,15 +75,34 @@ def test_the_simulated_driver_does_load_the_simulator():
 
 
 @pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(SRC)))
-def test_topic_names_are_written_only_in_the_vocabulary(path):
+def test_topic_names_and_frames_are_written_only_in_the_vocabulary(path):
     if path.name == "vocabulary.py":
         return
     literals = [
         node.value
         for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and TOPIC.fullmatch(node.value)
-    ]
-    assert not literals, f"topic names {literals} belong in msdp/vocabulary.py"
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        and (TOPIC.fullmatch(node.value) or FRAME.fullmatch(node.value))
+    ]  # fmt: skip
+    assert not literals, f"topic names and frame ids {literals} belong in msdp/vocabulary.py"
+
+
+def test_the_driver_node_uses_its_backend_only_through_the_protocol():
+    """No reaching around ``ArmBackend`` (``backend.env``, ``backend.sim.controller...``) and no backend flag."""
+    from msdp_franka_driver.backend import ArmBackend, SimulatedCell
+
+    protocols = (ArmBackend, SimulatedCell)
+    allowed = {name for cls in protocols for name in [*vars(cls), *cls.__annotations__] if not name.startswith("_")}
+    tree = ast.parse((SRC / "msdp_franka_driver" / "driver_node.py").read_text())
+    used = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr in ("backend", "cell")
+    }
+    assert used and used <= allowed, f"the driver node uses {sorted(used - allowed)} beyond the backend protocol"
+    assert "simulated" not in {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
 
 
 def test_nodes_do_not_import_nodes_and_nothing_imports_the_cli():

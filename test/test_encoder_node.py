@@ -115,3 +115,26 @@ def test_embeddings_match_the_in_process_encoder_and_a_dead_wrench_is_masked(tmp
 def _ft_masked(array: DiagnosticArray) -> bool:
     status = array.status[0]
     return status.name.startswith("msdp_encoder") and {kv.key: kv.value for kv in status.values}["ft_masked"] == "True"
+
+
+def test_an_encoder_on_the_wrong_clock_says_so(tmp_path):
+    """Next to the simulated arm (stamps on /clock) an encoder without use_sim_time sees every sensor as decades
+    old: the masking reason says why and what to do."""
+    checkpoint = save_encoder(tmp_path / "encoder", MSDPModel(MSDPConfig(stem_channels=8, width=32, decoder_width=32)))
+    probe = Probe()
+    statuses = []
+    probe.node.create_subscription(
+        DiagnosticArray, "/diagnostics", lambda m: statuses.extend(s for s in m.status if "msdp_encoder" in s.name), 10
+    )
+    driver = {"backend": "mujoco", "marker_rate": 0.0}
+    try:
+        with (
+            node_process("msdp_franka_driver.driver_node", driver, tmp_path / "driver.log"),
+            node_process("msdp_perception.encoder_node", {"checkpoint": str(checkpoint)}, tmp_path / "encoder.log"),
+        ):
+            hinted = lambda: any("use_sim_time:=true" in s.message for s in statuses)  # noqa: E731
+            assert probe.spin_until(hinted, 60), [s.message for s in statuses][-3:]
+        message = next(s.message for s in statuses if "use_sim_time:=true" in s.message)
+        assert "behind this node's wall time" in message and "simulated time (/clock)" in message
+    finally:
+        probe.close()

@@ -17,11 +17,13 @@ import pytest
 import torch
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from std_msgs.msg import Bool, Float32, String, UInt8MultiArray
+from std_msgs.msg import Bool, Float32, MultiArrayDimension, String, UInt8MultiArray
 from std_srvs.srv import Trigger
 
 from msdp_perception.checkpoint import save_encoder
 from msdp_perception.model import MSDPConfig, MSDPModel
+from msdp_policy.agent import Actor, AgentConfig
+from msdp_policy.learner import actor_to_bytes
 from msdp_policy.policy import load_policy
 from msdp_policy.tasks import TaskConfig
 from msdp_policy.transition_log import TransitionReader
@@ -50,6 +52,7 @@ def log_count(folder) -> int:
         return 0
 
 
+@pytest.mark.slow  # about 30 s: make test-slow
 def test_policy_and_learner_nodes_learn_online_and_survive_kills(tmp_path):
     torch.manual_seed(0)
     encoder = save_encoder(tmp_path / "encoder", MSDPModel(MSDPConfig(stem_channels=8, width=WIDTH, decoder_width=32)))
@@ -164,8 +167,9 @@ def test_the_policy_node_refuses_what_it_cannot_run_with_a_clear_error(tmp_path,
 
 
 def test_the_policy_node_pauses_on_a_driver_fault_and_refuses_a_foreign_encoder(tmp_path):
-    """A reflex (the simulated arm pushed into its fixture) stops the arm: the policy logs and sends nothing until
-    ~/recover; an encoder node with other weights makes it stop acting."""
+    """NaN actor weights from the graph are refused and the node acts on; a reflex (the simulated arm pushed into
+    its fixture) stops the arm: the policy logs and sends nothing until ~/recover; an encoder node with other
+    weights makes it stop acting."""
     torch.manual_seed(0)
     model = MSDPConfig(stem_channels=8, width=WIDTH, decoder_width=32)
     own, foreign = (save_encoder(tmp_path / name / "encoder", MSDPModel(model)) for name in ("own", "foreign"))
@@ -190,6 +194,16 @@ def test_the_policy_node_pauses_on_a_driver_fault_and_refuses_a_foreign_encoder(
         ):
             with node_process("msdp_perception.encoder_node", {"checkpoint": str(own), **sim}, logs["encoder"]):
                 wait_for(probe, lambda: log_count(log) >= 5, 90, "the policy to act", logs["policy"])
+                # NaN weights on the latched topic are refused; the node keeps acting with the weights it has
+                actor = Actor(AgentConfig(hidden=32), WIDTH, 4)
+                with torch.no_grad():
+                    next(actor.parameters())[0, 0] = float("nan")
+                weights = UInt8MultiArray(data=actor_to_bytes(actor))
+                weights.layout.dim = [MultiArrayDimension(label="critic_updates=5 env_steps=50")]
+                probe.node.create_publisher(UInt8MultiArray, "/msdp/actor_weights", latched).publish(weights)
+                wait_for(probe, lambda: "actor_weights refused" in logs["policy"].read_text(), 20, "the refusal")
+                logged = log_count(log)
+                wait_for(probe, lambda: log_count(log) >= logged + 5, 30, "acting on", logs["policy"])
                 while not (status and status[-1].startswith("fault: cartesian_reflex")):  # push into the fixture
                     pose = poses[-1]
                     pose.pose.position.z -= 0.05

@@ -87,3 +87,25 @@ def test_shipped_perception_configs_validate():
         load_params_file(EncoderNodeConfig, ROOT / "config" / "encoder.yaml", "msdp_encoder")
     data = yaml.safe_load((ROOT / "config" / "encoder.yaml").read_text())
     assert from_dict(EncoderNodeConfig, {**data["msdp_encoder"]["ros__parameters"], "checkpoint": "x"}).rate == 10.0
+
+
+def test_prediction_on_bags_without_actions_is_one_line_naming_the_bags(tmp_path, bags):
+    """MSDP-P needs the recorded actions; a recording without /msdp/action is refused before any output."""
+    from msdp_perception.bags import BagReader, BagWriter
+
+    with BagReader(sorted(bags.iterdir())[0]) as reader, BagWriter(tmp_path / "no_actions") as writer:
+        kept = [topic for topic in reader.topics if topic != "/msdp/action"]
+        for topic in kept:
+            writer.add_topic(topic, reader.topics[topic])
+        for topic, _, timestamp, msg in reader.messages(kept):
+            writer.write(topic, timestamp, msg)
+    out = tmp_path / "runs" / "pretrain"
+    result = subprocess.run(
+        [sys.executable, "-m", "msdp.cli", "pretrain", "--bags", str(tmp_path / "no_actions"), "--objective",
+         "prediction", "--steps", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("msdp ")]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr
+    assert "no_actions: no recorded actions (/msdp/action)" in errors[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()  # nothing half-created
