@@ -5,30 +5,19 @@ The venv also holds the checkout in editable mode, so the checks assert that the
 that it found its config in the install's share directory, not in the checkout.
 """
 
-import ast
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from package_files import ROOT, console_scripts
+
 VENV_BIN = Path(sys.executable).parent
 SITE = f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
 SHIPPED = ["train.yaml", "pretrain.yaml", "collect.yaml", "driver.yaml"]
-
-
-def console_scripts() -> dict[str, str]:
-    """name -> "module:function", from setup.py's entry_points: what the install must provide."""
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Dict) and any(getattr(k, "value", None) == "console_scripts" for k in node.keys):
-            entries = ast.literal_eval(node.values[0])
-            return dict(re.match(r"\s*(\S+)\s*=\s*(\S+)", e).groups() for e in entries)
-    raise AssertionError("setup.py declares no console_scripts")
 
 
 def scripts_dir(install: Path) -> Path:

@@ -15,17 +15,7 @@ import yaml
 from msdp import cli
 from msdp.node import load_params_file
 from msdp_franka_driver.driver_node import DriverConfig
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def console_scripts() -> dict[str, str]:
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Dict) and any(getattr(k, "value", None) == "console_scripts" for k in node.keys):
-            entries = ast.literal_eval(node.values[0])
-            return dict(re.match(r"\s*(\S+)\s*=\s*(\S+)", e).groups() for e in entries)
-    raise AssertionError("setup.py declares no console_scripts")
+from package_files import ROOT, console_scripts
 
 
 def test_package_xml_is_format_3_ament_python():

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from msdp.config import ConfigError, from_dict, param_range, to_dict
+from msdp.config import ConfigError, from_dict, param_range
 from msdp.vocabulary import JOINT_NAMES
 
 
@@ -59,10 +59,6 @@ class ActionSpec:
         if self.dim > 3:
             action = np.append(action, yaw / self.max_yaw_step if self.max_yaw_step > 0 else 0.0)
         return np.clip(action, -1.0, 1.0)
-
-
-def spec_dict(spec: Any) -> dict[str, Any]:
-    return to_dict(spec)
 
 
 def spec_from_dict(cls: type, values: dict[str, Any], where: str) -> Any:

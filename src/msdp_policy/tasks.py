@@ -10,7 +10,9 @@ the paper's tasks use.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -18,6 +20,7 @@ from msdp.config import param_range
 from msdp.specs import ActionSpec
 from msdp_franka_driver.pose import quat_multiply, yaw_quat
 
+T = TypeVar("T", bound="Task")
 DOWN = np.array([1.0, 0.0, 0.0, 0.0])  # tool z pointing down, tool x forward (quaternion x y z w)
 
 PEG_SIDE = 0.0346  # m, equilateral triangle (inradius 10 mm)
@@ -149,11 +152,12 @@ class CloseDrawer(Task):
 TASKS: dict[str, type[Task]] = {task.name: task for task in (PegInsertion, PushCube, CloseDrawer)}
 
 
-def make_task(name: str) -> Task:
+def make_task(name: str, registry: Mapping[str, type[T]] = TASKS) -> T:
+    """The task called ``name`` from ``registry`` (the scorers here, or the simulator's scenes)."""
     try:
-        return TASKS[name]()
+        return registry[name]()
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}") from None
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(registry)}") from None
 
 
 def action_spec(config: TaskConfig) -> ActionSpec:

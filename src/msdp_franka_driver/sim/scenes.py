@@ -23,6 +23,7 @@ from msdp_policy.tasks import (
     Task,
     TaskConfig,
     hole_inradius,
+    make_task,
     peg_yaw_error,
 )
 
@@ -284,7 +285,4 @@ SCENES: dict[str, type[Scene]] = {scene.name: scene for scene in (PegScene, Push
 
 
 def make_scene(name: str) -> Scene:
-    try:
-        return SCENES[name]()
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(SCENES)}") from None
+    return make_task(name, SCENES)
