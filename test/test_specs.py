@@ -9,8 +9,9 @@ import pytest
 from rclpy.serialization import deserialize_message, serialize_message
 
 from msdp import vocabulary as vocab
+from msdp.config import to_dict
 from msdp.node import message_class, ros_message
-from msdp.specs import ActionSpec, ObservationSpec, SpecMismatch, check_same, spec_dict, spec_from_dict
+from msdp.specs import ActionSpec, ObservationSpec, SpecMismatch, check_same, spec_from_dict
 from msdp_franka_driver.pose import quat_multiply, quat_to_matrix, yaw_quat
 from msdp_franka_driver.sim.collect import bag_message
 from msdp_perception.bags import TYPESTORE
@@ -142,7 +143,7 @@ def test_check_same_refuses_differing_specs_naming_both_sources_and_each_field()
 
 def test_specs_round_trip_through_their_dicts_and_a_bad_dict_names_its_source():
     for spec in (ActionSpec(dim=3, max_step=0.01, max_yaw_step=0.0), ObservationSpec(image_size=32, joints=6)):
-        assert spec_from_dict(type(spec), spec_dict(spec), "sidecar") == spec
+        assert spec_from_dict(type(spec), to_dict(spec), "sidecar") == spec
     with pytest.raises(SpecMismatch, match=r"sidecar x.json: bad ActionSpec .*'dim'"):
         spec_from_dict(ActionSpec, {"dim": 5}, "sidecar x.json")
 
