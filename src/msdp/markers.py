@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Point
+from geometry_msgs.msg import Point, PoseStamped
 from visualization_msgs.msg import Marker
 
 from msdp.vocabulary import BASE_FRAME
@@ -24,3 +24,13 @@ def workspace_box_marker(low: Sequence[float], high: Sequence[float], stamp: Tim
             if sum(u != v for u, v in zip(a, b, strict=True)) == 1:  # box edges differ in one axis
                 box.points += [Point(x=a[0], y=a[1], z=a[2]), Point(x=b[0], y=b[1], z=b[2])]
     return box
+
+
+def sphere_marker(namespace: str, pose: PoseStamped, size: float, rgb: tuple[float, float, float]) -> Marker:
+    """A sphere at a stamped pose (a target, a goal), ``size`` m across."""
+    marker = Marker(ns=namespace, id=0, type=Marker.SPHERE, action=Marker.ADD)
+    marker.header = pose.header
+    marker.pose = pose.pose
+    marker.scale.x = marker.scale.y = marker.scale.z = size
+    marker.color.r, marker.color.g, marker.color.b, marker.color.a = (*rgb, 0.9)
+    return marker

@@ -25,7 +25,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from msdp import vocabulary as vocab
 from msdp.config import param_range
-from msdp.markers import workspace_box_marker
+from msdp.markers import sphere_marker, workspace_box_marker
 from msdp.node import MsdpNode, ros_message, run_node
 from msdp_franka_driver.backend import ArmBackend, ArmSnapshot, SimulatedCell
 from msdp_franka_driver.control_law import ImpedanceConfig, SafetyConfig
@@ -201,12 +201,8 @@ class FrankaDriverNode(MsdpNode):
         markers = [workspace_box_marker(safety.workspace_min, safety.workspace_max, now, "workspace"),
                    self.wrench_marker(now, snapshot)]  # fmt: skip
         if self.target is not None:
-            target = Marker(ns="target", id=0, type=Marker.SPHERE, action=Marker.ADD)
-            target.header.stamp, target.header.frame_id = now, vocab.BASE_FRAME
-            target.pose = self.target.pose
-            target.scale.x = target.scale.y = target.scale.z = 0.02
-            target.color.r, target.color.g, target.color.a = 1.0, 0.6, 0.9
-            markers.append(target)
+            target = vocab.pose_msg(ros_message, self.stamp_ns(snapshot), *vocab.pose_arrays(self.target))
+            markers.append(sphere_marker("target", target, 0.02, (1.0, 0.6, 0.0)))
         self.marker_pub.publish(MarkerArray(markers=markers))
 
     def wrench_marker(self, now, snapshot: ArmSnapshot) -> Marker:

@@ -29,11 +29,11 @@ from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Float32, String, UInt8MultiArray
 from std_srvs.srv import Trigger
-from visualization_msgs.msg import Marker, MarkerArray
+from visualization_msgs.msg import MarkerArray
 
 from msdp import vocabulary as vocab
 from msdp.config import ConfigError, from_dict, param_range
-from msdp.markers import workspace_box_marker
+from msdp.markers import sphere_marker, workspace_box_marker
 from msdp.node import MsdpNode, ros_message, run_node
 from msdp.vocabulary import pose_arrays, stamp_seconds
 from msdp_franka_driver.control_law import SafetyConfig, check_box
@@ -284,7 +284,7 @@ class PolicyNode(MsdpNode):
         self.target_pub.publish(msg)
         c = self.config
         box = workspace_box_marker(c.workspace_min, c.workspace_max, msg.header.stamp, "policy_workspace")
-        marker = self.sphere("policy_target", msg, 0.015, (1.0, 0.5, 0.0))
+        marker = sphere_marker("policy_target", msg, 0.015, (1.0, 0.5, 0.0))
         self.marker_pub.publish(MarkerArray(markers=[marker, box]))
 
     def publish_goal_marker(self) -> None:
@@ -292,16 +292,7 @@ class PolicyNode(MsdpNode):
         if goal is None:
             return
         msg = vocab.pose_msg(ros_message, self.now_ns(), goal[0], yaw_quat(goal[1]))
-        self.marker_pub.publish(MarkerArray(markers=[self.sphere("task_goal", msg, 0.02, (0.1, 0.9, 0.2))]))
-
-    @staticmethod
-    def sphere(namespace: str, pose: PoseStamped, size: float, rgb: tuple[float, float, float]) -> Marker:
-        marker = Marker(ns=namespace, id=0, type=Marker.SPHERE, action=Marker.ADD)
-        marker.header = pose.header
-        marker.pose = pose.pose
-        marker.scale.x = marker.scale.y = marker.scale.z = size
-        marker.color.r, marker.color.g, marker.color.b, marker.color.a = (*rgb, 0.9)
-        return marker
+        self.marker_pub.publish(MarkerArray(markers=[sphere_marker("task_goal", msg, 0.02, (0.1, 0.9, 0.2))]))
 
     def destroy_node(self) -> None:
         self.episodes.writer.close()
