@@ -315,3 +315,21 @@ def test_the_command_line_resumes_with_the_saved_config_and_refuses_flags_that_w
     (run / "config.json").write_text(json.dumps({**json.loads((run / "config.json").read_text()), "steps": 30}))
     assert msdp([*args, "--resume", "--threads", "1"]) == 0  # the saved end (30), not the YAML's 20
     assert [int(r["env_steps"]) for r in rows(run)] == [0, 10, 20, 30]
+
+
+def test_bad_metrics_and_missing_offline_logs_are_one_line_and_leave_nothing(tmp_path, encoder, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for content, expected in (
+        ("env_steps,success_rate\nabc,0.1\n", "no column return"),
+        ("env_steps,success_rate,return\nabc,0.1,-1\n", "line 2, column env_steps: expected a number, got 'abc'"),
+    ):
+        (run / "metrics.csv").write_text(content)
+        assert msdp(["curves", str(run), "--out", str(tmp_path / "c.png")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err and "metrics.csv" in err, err
+    out = tmp_path / "new" / "run"
+    code = msdp(["train", "--encoder", str(encoder), "--offline", str(tmp_path / "no_log"), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no_log/schema.json not found" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "new").exists()  # the run did not start: no half-made run folder to --resume

@@ -298,7 +298,7 @@ def _curves(args: argparse.Namespace) -> int:
         metrics = Path(run) / "metrics.csv"
         if not metrics.is_file():
             raise FileNotFoundError(f"{metrics} not found: is {run} a run folder of `msdp train`?")
-        runs[label] = read_rows(metrics)
+        runs[label] = read_rows(metrics, required=("env_steps", "success_rate", "return"))
         if not runs[label]:
             raise ConfigError(f"{metrics} holds no evaluation yet")
     plot_learning_curves(runs, Path(args.out))
@@ -421,12 +421,13 @@ def build_parser() -> ArgumentParser:
 def expected_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
     """(errors of the user's files or data: exit 1, errors of the configuration: exit 2), imported lazily so
     that ``msdp --help`` loads no package."""
+    from msdp.metrics import MetricsError
     from msdp_perception.bags import BagError
     from msdp_perception.checkpoint import CheckpointError
     from msdp_perception.messages import SensorDataError
     from msdp_policy.transition_log import TransitionLogError
 
-    return (BagError, CheckpointError, SensorDataError, TransitionLogError, FileNotFoundError, OSError), (ConfigError,)
+    return (BagError, CheckpointError, MetricsError, SensorDataError, TransitionLogError, OSError), (ConfigError,)
 
 
 def main(argv: list[str] | None = None) -> int:

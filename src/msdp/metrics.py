@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
+
+
+class MetricsError(RuntimeError):
+    """A metrics.csv that cannot be read as numbers, or lacks a column; the message names the file."""
 
 
 def write_rows(path: Path, rows: list[dict[str, float]]) -> None:
@@ -16,13 +21,24 @@ def write_rows(path: Path, rows: list[dict[str, float]]) -> None:
     partial.replace(path)
 
 
-def read_rows(path: Path) -> list[dict[str, float]]:
-    with open(path) as f:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+def read_rows(path: Path, required: Sequence[str] = ()) -> list[dict[str, float]]:
+    """The rows as numbers; MetricsError naming the file, line and column for anything else."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [name for name in required if name not in (reader.fieldnames or [])]
+            if missing:
+                raise MetricsError(f"{path}: no column {', '.join(missing)} (it has {reader.fieldnames})")
+            return [{k: _number(v, path, line, k) for k, v in row.items()} for line, row in enumerate(reader, 2)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise MetricsError(f"{path}: cannot read it as CSV ({exc})") from exc
 
 
-def _number(text: str) -> float:
+def _number(text: str | None, path: Path, line: int, column: str | None) -> float:
     try:
         return int(text)
-    except ValueError:
-        return float(text)
+    except (TypeError, ValueError):
+        try:
+            return float(text)
+        except (TypeError, ValueError):
+            raise MetricsError(f"{path}, line {line}, column {column}: expected a number, got {text!r}") from None

@@ -88,12 +88,19 @@ class Trainer:
         check_same(model.observation_spec, str(encoder_checkpoint), self.env.observation_spec, "env.sim")
         meta = log_meta(encoder_checkpoint, model, self.env.action_spec)
         self.schema = transition_schema(config.encoder_variant, model, self.env.action_dim, meta)
+        try:  # the offline logs are checked before the run writes anything
+            offline_logs = [Replay(TransitionReader(folder)) for folder in offline]
+            for log in offline_logs:
+                if log.reader.schema.fields != self.schema.fields:
+                    raise TransitionLogError(f"{log.reader.folder} stores other fields than this run's log")
+                self.schema.check_same_source(log.reader.schema, f"{out_dir / 'transitions'}", str(log.reader.folder))
+        except TransitionLogError as exc:
+            raise ConfigError(f"--offline: {exc}") from exc
         self.writer = TransitionWriter(out_dir / "transitions", self.schema, durable=False)
         self.replay = Replay(TransitionReader(out_dir / "transitions"))
         try:
-            offline_logs = [Replay(TransitionReader(folder)) for folder in offline]
             self.learner = Learner(self.agent, self.replay, offline_logs, config.update_after, config.seed)
-        except (ValueError, TransitionLogError) as exc:
+        except ValueError as exc:
             raise ConfigError(f"--offline: {exc}") from exc
         # Counted from the log here and by the loop after (which reads the log only once learning starts).
         self.env_steps = self.learner.env_steps()
