@@ -8,7 +8,7 @@ from msdp_perception.encoder import EncodedObservation, pack_embedding
 from msdp_perception.model import MSDPConfig
 from msdp_policy.agent import Actor, AgentConfig, SACAgent
 from msdp_policy.learner import Learner, actor_from_bytes, actor_to_bytes
-from msdp_policy.online import OnlineEpisodes
+from msdp_policy.online import BadInput, OnlineEpisodes
 from msdp_policy.replay import Replay, to_bfloat16_bits, transition_schema
 from msdp_policy.tasks import HOLE_DEPTH, PegInsertion, TaskConfig
 from msdp_policy.transition_log import TransitionReader, TransitionWriter
@@ -153,3 +153,25 @@ def test_online_episodes_score_log_and_end_like_the_fast_loop(tmp_path):
     assert done.episode_done and done.success and episodes.successes == 1
     writer.close()
     assert TransitionReader(tmp_path / "success").arrays["terminal"].tolist() == [True, True]
+
+
+def test_online_episodes_refuse_non_finite_poses_goals_and_embeddings(tmp_path):
+    """A NaN pose would score NaN rewards into the log (and a NaN critic); it is refused and nothing is logged."""
+    goal = {"hole_position": np.array([0.5, 0.0, 0.02]), "hole_yaw": np.array(0.0)}
+    down, above = np.array([1.0, 0.0, 0.0, 0.0]), np.array([0.5, 0.0, 0.15])
+    writer = TransitionWriter(tmp_path, SCHEMA, durable=False)
+    episodes = OnlineEpisodes(TaskConfig(max_episode_steps=5), BOX, writer, None, seed=0)
+    with pytest.raises(BadInput, match="non-finite goal"):
+        episodes.start_episode({**goal, "hole_yaw": np.array(np.nan)})
+    episodes.start_episode(goal)
+    episodes.step(embedding_rows(0.0), above, down)
+    with pytest.raises(BadInput, match="non-finite end-effector pose"):
+        episodes.step(embedding_rows(1.0), np.array([0.5, np.nan, 0.15]), down)
+    nan_pooled = embedding_rows(1.0)
+    nan_pooled[-1, 0] = np.nan
+    with pytest.raises(BadInput, match="non-finite pooled"):
+        episodes.step(nan_pooled, above, down)
+    assert writer.count == 0
+    second = episodes.step(embedding_rows(2.0), above, down)  # the episode goes on from the last good step
+    assert writer.count == 1 and np.isfinite(second.reward)
+    writer.close()

@@ -31,6 +31,10 @@ class StepResult:
     action: np.ndarray | None = None  # the action in [-1, 1] that gave the target
 
 
+class BadInput(ValueError):
+    """A step or a goal that must not reach the log or the arm (non-finite values); the step is skipped."""
+
+
 class OnlineEpisodes:
     """Runs episodes and logs them in ``writer`` (records as in ``replay.transition_schema``, msdp_frozen).
 
@@ -65,6 +69,8 @@ class OnlineEpisodes:
         return self.episode is not None
 
     def start_episode(self, goal_state: dict[str, np.ndarray]) -> None:
+        if not all(np.all(np.isfinite(value)) for value in goal_state.values()):
+            raise BadInput(f"non-finite goal {goal_state}")
         self.episode, self.next_episode = self.next_episode, self.next_episode + 1
         self.goal_state, self.pending, self.steps = goal_state, None, 0
 
@@ -78,7 +84,11 @@ class OnlineEpisodes:
         """One embedding (the packed rows of /msdp/embedding) and the end-effector pose at the same time."""
         if not self.running:
             raise RuntimeError("no episode running: call start_episode first")
+        if not (np.all(np.isfinite(position)) and np.all(np.isfinite(orientation))):
+            raise BadInput(f"non-finite end-effector pose {position} {orientation}")  # it would score NaN rewards
         encoded = unpack_embedding(rows)
+        if not np.all(np.isfinite(encoded.pooled)):
+            raise BadInput("non-finite pooled embedding")
         embedding = embedding_record(encoded.tokens, encoded.token_present, encoded.pooled)
         reward = None
         if self.pending is not None:

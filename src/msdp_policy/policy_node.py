@@ -43,7 +43,7 @@ from msdp_perception.encoder import EncoderInfo
 from msdp_perception.model import MSDPConfig
 from msdp_policy.agent import Actor, AgentConfig
 from msdp_policy.learner import ActorWeightsGate, WeightsRefused
-from msdp_policy.online import OnlineEpisodes
+from msdp_policy.online import BadInput, OnlineEpisodes
 from msdp_policy.policy import load_policy
 from msdp_policy.replay import log_meta, transition_schema
 from msdp_policy.tasks import TaskConfig, action_spec, make_task
@@ -160,6 +160,10 @@ class PolicyNode(MsdpNode):
         if any(self.config.goal):
             return  # a configured goal wins
         position, orientation = pose_arrays(msg)
+        if msg.header.frame_id not in ("", vocab.BASE_FRAME) or not np.all(np.isfinite([*position, *orientation])):
+            self.get_logger().error(f"{vocab.TASK_GOAL.name} refused: {position} {orientation} in frame "
+                                    f"'{msg.header.frame_id}' (expected finite, in '{vocab.BASE_FRAME}')")  # fmt: skip
+            return
         self.goal_state = self.task.state_from_goal(position, quat_yaw(orientation))
         self.goal_stamp = stamp_seconds(msg.header)
 
@@ -254,12 +258,11 @@ class PolicyNode(MsdpNode):
             )
             return
         rows = np.frombuffer(bytes(msg.data), dtype=np.float32).reshape(msg.height, msg.width)
-        if not np.all(np.isfinite(rows[-1])):
-            self.get_logger().error(
-                "/msdp/embedding: non-finite pooled vector, step skipped", throttle_duration_sec=2.0
-            )
+        try:
+            result = self.episodes.step(rows, *pose_arrays(self.pose))
+        except BadInput as exc:
+            self.get_logger().error(f"step skipped: {exc}", throttle_duration_sec=2.0)
             return
-        result = self.episodes.step(rows, *pose_arrays(self.pose))
         if result.reward is not None:
             self.reward_pub.publish(Float32(data=float(result.reward)))
         if result.target is not None:
