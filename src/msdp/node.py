@@ -100,7 +100,10 @@ class MsdpNode(Node):
             value = list(default) if isinstance(default, tuple) else default
             self.declare_parameter(name, value, ParameterDescriptor(description=_describe(meta), dynamic_typing=True))
             names.append(name)
-        unknown = unknown_names([n for n in self._parameter_overrides if n not in BUILTIN_PARAMETERS], names)
+        # rclpy keeps the values given for this node (-p, params files) in _parameter_overrides; no public API
+        # lists them, and an override nobody declares is otherwise silently ignored.
+        given = [name for name in self._parameter_overrides if name not in BUILTIN_PARAMETERS]
+        unknown = unknown_names(given, names)
         if unknown:
             raise ConfigError(f"{unknown}; node '{self.get_name()}' has: {', '.join(names)}")
         return from_dict(cls, unflatten({name: self.get_parameter(name).value for name in names}))
