@@ -21,6 +21,7 @@ BASE_FRAME = f"{ROBOT_PREFIX}link0"
 FT_FRAME = "ft_sensor"
 CAMERA_FRAME = "third_person_camera"
 EMBEDDING_FRAME = "msdp_embedding"
+TOOL_FRAME = "fr3_hand_tcp"  # libfranka's K frame (the end effector's), where K_F_ext_hat_K is expressed
 JOINT_NAMES = tuple(f"{ROBOT_PREFIX}joint{i}" for i in range(1, 8))
 
 # -- QoS kinds: the node base turns each into an rclpy profile ----------------------------------------------
@@ -38,7 +39,10 @@ class Topic:
 
 
 IMAGE = Topic("/camera/image_raw", "sensor_msgs/msg/Image", SENSOR)
+COMPRESSED_IMAGE = Topic("/camera/image_raw/compressed", "sensor_msgs/msg/CompressedImage", SENSOR)
+CAMERA_INFO = Topic("/camera/camera_info", "sensor_msgs/msg/CameraInfo", SENSOR)
 WRENCH = Topic("/ft_sensor/wrench", "geometry_msgs/msg/WrenchStamped", SENSOR)
+EXTERNAL_WRENCH = Topic("/franka/external_wrench", "geometry_msgs/msg/WrenchStamped", SENSOR)  # K_F_ext_hat_K
 JOINT_STATES = Topic("/joint_states", "sensor_msgs/msg/JointState", SENSOR)
 EE_POSE = Topic("/franka/ee_pose", "geometry_msgs/msg/PoseStamped", SENSOR)
 EQUILIBRIUM_POSE = Topic("/franka/equilibrium_pose", "geometry_msgs/msg/PoseStamped", COMMAND)
