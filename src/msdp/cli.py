@@ -127,6 +127,21 @@ def _driver(args: argparse.Namespace) -> int:
     return main(["--ros-args", "--params-file", str(args.params)] if args.params else [])
 
 
+def _virtual_cell(args: argparse.Namespace) -> int:
+    from msdp_franka_driver.driver_node import main
+
+    ports = {"camera_port": args.camera_port, "ft_port": args.ft_port, "ft_http_port": args.ft_http_port}
+    params = ["-p", "sim_sensors:=virtual_cell"]
+    params += [a for key, value in ports.items() if value is not None for a in ("-p", f"virtual_cell.{key}:={value}")]
+    print(
+        f"virtual cell: camera at http://127.0.0.1:{args.camera_port or 8080}/stream.mjpg "
+        f"(camera_node device:=<that URL>), Net F/T box at 127.0.0.1 UDP {args.ft_port or 49152}, calibration on "
+        f"HTTP port {args.ft_http_port or 8081} (ft_node sensor_ip:=127.0.0.1 http_port:=...)",
+        flush=True,
+    )
+    return main(["--ros-args", *(["--params-file", str(args.params)] if args.params else []), *params])
+
+
 def _arm_model(args: argparse.Namespace) -> int:
     from msdp_franka_driver.sim.fr3_model import standalone_arm_mjcf
 
@@ -323,6 +338,13 @@ def build_parser() -> ArgumentParser:
 
     driver = command("driver", _driver, "run the Franka driver node (mujoco or libfranka backend)")
     driver.add_argument("--params", type=Path, help="ROS parameter file (default: built-in defaults, mujoco backend)")
+
+    cell = command("virtual-cell", _virtual_cell, "the simulated arm serving its camera (MJPEG over HTTP) and wrist "
+                   "sensor (a Net F/T box over UDP) on 127.0.0.1, for camera_node and ft_node")  # fmt: skip
+    cell.add_argument("--params", type=Path, help="ROS parameter file for the driver (e.g. config/driver.yaml)")
+    cell.add_argument("--camera-port", type=int, help="HTTP port of /stream.mjpg (default 8080)")
+    cell.add_argument("--ft-port", type=int, help="UDP port of the RDT protocol (default 49152)")
+    cell.add_argument("--ft-http-port", type=int, help="HTTP port of /netftapi2.xml (default 8081)")
 
     model = command("arm-model", _arm_model, "write the FR3 arm MJCF (e.g. for franka-sim's FR3_MJCF)")
     model.add_argument("--out", default="fr3.xml")

@@ -23,12 +23,14 @@ class ArmSnapshot:
     tau: np.ndarray  # 7 measured joint torques, Nm
     position: np.ndarray  # end-effector (tool centre point) position, m
     orientation: np.ndarray  # end-effector orientation, quaternion x y z w
-    wrench: np.ndarray  # force (N) and torque (Nm) on the tool, in the F/T sensor frame
+    wrench: np.ndarray  # force (N) and torque (Nm) on the tool: libfranka's estimate K_F_ext_hat_K, or the
+    # simulated wrist sensor; in the backend's ``wrench_frame``
     holding: bool  # True while the watchdog (or a reset) holds pose instead of following a target
 
 
 class ArmBackend(Protocol):
     name: str  # "mujoco", "libfranka": the hardware id in diagnostics
+    wrench_frame: str  # the frame of ``ArmSnapshot.wrench`` (published on /franka/external_wrench)
 
     def start(self) -> None:
         """Connect (or build the scene) and hold the current pose."""

@@ -31,7 +31,7 @@ from msdp_franka_driver.backend import ArmBackend, ArmSnapshot, SimulatedCell
 from msdp_franka_driver.control_law import ImpedanceConfig, SafetyConfig
 from msdp_franka_driver.libfranka_backend import LibfrankaConfig
 from msdp_franka_driver.pose import quat_to_matrix, yaw_quat
-from msdp_franka_driver.sim.config import SimConfig
+from msdp_franka_driver.sim.config import SimConfig, VirtualCellConfig
 from msdp_policy.tasks import TaskConfig
 
 
@@ -50,6 +50,15 @@ class DriverConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     libfranka: LibfrankaConfig = field(default_factory=LibfrankaConfig)
+    sim_sensors: str = field(
+        default="topics",
+        metadata={
+            "choices": ("topics", "virtual_cell"),
+            "doc": "mujoco: publish camera and wrench topics itself, or serve them as an MJPEG stream and a Net F/T "
+            "box (virtual_cell.*) for camera_node and ft_node",
+        },
+    )
+    virtual_cell: VirtualCellConfig = field(default_factory=VirtualCellConfig)
 
 
 def make_backend(config: DriverConfig) -> ArmBackend:
@@ -59,7 +68,11 @@ def make_backend(config: DriverConfig) -> ArmBackend:
         from msdp_franka_driver.sim.config import EnvConfig
 
         env = EnvConfig(task=config.task, sim=config.sim, impedance=config.impedance, safety=config.safety)
-        return MujocoArm(env, config.seed, 1.0 / config.state_rate, config.real_time_factor)
+        virtual_cell = config.virtual_cell if config.sim_sensors == "virtual_cell" else None
+        camera_period = 1.0 / config.camera_rate if config.camera_rate > 0 else float("inf")
+        return MujocoArm(
+            env, config.seed, 1.0 / config.state_rate, config.real_time_factor, virtual_cell, camera_period
+        )
     from msdp_franka_driver.libfranka_backend import LibfrankaArm
 
     return LibfrankaArm(config.libfranka, config.impedance, config.safety)
@@ -75,6 +88,7 @@ class FrankaDriverNode(MsdpNode):
             super().destroy_node()
             raise
         self.cell = self.backend if isinstance(self.backend, SimulatedCell) else None
+        self.sensor_topics = self.cell is not None and self.config.sim_sensors == "topics"
         self.target: PoseStamped | None = None
         self.status = ""
 
@@ -82,13 +96,15 @@ class FrankaDriverNode(MsdpNode):
         self.pose_pub = self.publisher(vocab.EE_POSE)
         self.status_pub = self.publisher(vocab.DRIVER_STATUS)
         self.marker_pub = self.publisher(vocab.MARKERS)
+        self.external_wrench_pub = self.publisher(vocab.EXTERNAL_WRENCH)
         self.subscription(vocab.EQUILIBRIUM_POSE, self.on_target)
         self.create_service(Trigger, vocab.RESET_SERVICE, self.on_reset)
         self.create_service(Trigger, vocab.RECOVER_SERVICE, self.on_recover)
         self.create_timer(1.0, self.on_diagnostics)
-        if self.cell is not None:
+        if self.sensor_topics:
             self.wrench_pub = self.publisher(vocab.WRENCH)
             self.image_pub = self.publisher(vocab.IMAGE)
+        if self.cell is not None:
             self.clock_pub = self.publisher(vocab.CLOCK)
             self.goal_pub = self.publisher(vocab.TASK_GOAL)
             self.next_camera_time = self.backend.snapshot().time
@@ -110,7 +126,7 @@ class FrankaDriverNode(MsdpNode):
         catch up with the wall clock), camera frames when due, and the status when it changes."""
         for snapshot in self.backend.advance(1.0 / self.config.state_rate):
             self.publish_state(snapshot)
-            if self.cell is not None and self.config.camera_rate > 0 and snapshot.time >= self.next_camera_time - 1e-6:
+            if self.sensor_topics and self.config.camera_rate > 0 and snapshot.time >= self.next_camera_time - 1e-6:
                 self.image_pub.publish(
                     vocab.image_msg(ros_message, self.stamp_ns(snapshot), self.cell.image(), "rgb8", vocab.CAMERA_FRAME)
                 )
@@ -123,7 +139,11 @@ class FrankaDriverNode(MsdpNode):
             self.clock_pub.publish(
                 ros_message("rosgraph_msgs/msg/Clock", clock=vocab.header(ros_message, stamp, "").stamp)
             )
+        if self.sensor_topics:
             self.wrench_pub.publish(vocab.wrench_msg(ros_message, stamp, snapshot.wrench))
+        self.external_wrench_pub.publish(
+            vocab.wrench_msg(ros_message, stamp, snapshot.wrench, frame_id=self.backend.wrench_frame)
+        )
         self.joint_pub.publish(vocab.joint_state_msg(ros_message, stamp, snapshot.q, snapshot.dq, snapshot.tau))
         self.pose_pub.publish(vocab.pose_msg(ros_message, stamp, snapshot.position, snapshot.orientation))
 

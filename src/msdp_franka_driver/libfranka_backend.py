@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from msdp import vocabulary as vocab
 from msdp.config import ConfigError, param_range
 from msdp_franka_driver.backend import ArmSnapshot
 from msdp_franka_driver.control_law import (
@@ -370,6 +371,7 @@ class LibfrankaArm:
     """ArmBackend for a real Franka (or franka-sim): see the module docstring for the process model."""
 
     name = "libfranka"
+    wrench_frame = vocab.TOOL_FRAME  # K_F_ext_hat_K is expressed in the stiffness frame K (the end effector's)
 
     def __init__(self, config: LibfrankaConfig, impedance: ImpedanceConfig, safety: SafetyConfig):
         config.check()

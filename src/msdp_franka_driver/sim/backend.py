@@ -4,23 +4,47 @@
 Unlike the real arm, nothing runs by itself: the driver node calls ``advance`` from its timer, and the
 backend steps physics for the simulated time owed (``real_time_factor`` simulated seconds per wall second),
 in steps of one state period. Like a real arm it stops on a reflex: when the force on the tool exceeds
-``sim.reflex_force`` it holds its pose and refuses targets until ``recover``.
+``sim.reflex_force`` it holds its pose and refuses targets until ``recover``. With a ``VirtualCell`` it also
+serves its camera (every ``camera_period`` of simulated time) and every F/T sample over the real devices'
+protocols.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from msdp import vocabulary as vocab
 from msdp_franka_driver.backend import ArmSnapshot
-from msdp_franka_driver.sim.config import EnvConfig
+from msdp_franka_driver.sim.config import EnvConfig, VirtualCellConfig
 from msdp_franka_driver.sim.env import FrankaTaskEnv
 
 
 class MujocoArm:
     name = "mujoco"
+    wrench_frame = vocab.FT_FRAME  # the simulated wrist sensor stands in for the robot's own estimate
 
-    def __init__(self, config: EnvConfig, seed: int = 0, state_period: float = 0.01, real_time_factor: float = 1.0):
+    def __init__(
+        self,
+        config: EnvConfig,
+        seed: int = 0,
+        state_period: float = 0.01,
+        real_time_factor: float = 1.0,
+        virtual_cell: VirtualCellConfig | None = None,
+        camera_period: float = 0.1,
+    ):
         self.env = FrankaTaskEnv(config)
+        self.virtual_cell = None
+        if virtual_cell is not None:
+            from msdp_franka_driver.sim.virtual_cell import VirtualCell
+
+            try:
+                self.virtual_cell = VirtualCell(virtual_cell)
+            except OSError as exc:
+                self.env.close()
+                raise RuntimeError(f"virtual cell: cannot serve on {virtual_cell.host} ({exc})") from exc
+        self.camera_period = camera_period
+        self.next_frame_time = 0.0
+        self.served_samples = 0
         self.seed = seed
         self.episode = 0
         self.state_period = state_period
@@ -52,7 +76,20 @@ class MujocoArm:
             snapshot = self.sim.snapshot()
             self._check_reflex(snapshot)
             snapshots.append(snapshot)
+            if self.virtual_cell is not None:
+                self._serve(snapshot.time)
         return snapshots
+
+    def _serve(self, now: float) -> None:
+        """The virtual cell's sensors: the F/T samples taken since the last call, and a camera frame when due."""
+        sim = self.sim
+        new = min(sim.wrench_samples - self.served_samples, len(sim.wrench_window))
+        for reading in list(sim.wrench_window)[len(sim.wrench_window) - new :]:
+            self.virtual_cell.wrench(reading)
+        self.served_samples = sim.wrench_samples
+        if now >= self.next_frame_time - 1e-9:
+            self.virtual_cell.camera(sim.render())
+            self.next_frame_time = now + self.camera_period
 
     def _check_reflex(self, snapshot: ArmSnapshot) -> None:
         limit = self.sim.config.reflex_force
@@ -94,4 +131,6 @@ class MujocoArm:
         return self.env.task.goal_pose(self.env.task.privileged_state(self.sim))
 
     def stop(self) -> None:
+        if self.virtual_cell is not None:
+            self.virtual_cell.close()
         self.env.close()

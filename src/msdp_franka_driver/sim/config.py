@@ -25,6 +25,19 @@ class SimConfig:
 
 
 @dataclass(frozen=True)
+class VirtualCellConfig:
+    """Where the simulated sensors are served (all on ``host``)."""
+
+    host: str = field(default="127.0.0.1", metadata={"doc": "address the servers bind to"})
+    camera_port: int = field(default=8080, metadata=param_range(1024, 65535, "HTTP: /stream.mjpg (MJPEG)"))
+    jpeg_quality: int = field(default=95, metadata=param_range(10, 100, "JPEG quality of the stream"))
+    ft_port: int = field(default=49152, metadata=param_range(1024, 65535, "UDP: the Net F/T RDT port"))
+    ft_http_port: int = field(default=8081, metadata=param_range(1024, 65535, "HTTP: /netftapi2.xml"))
+    counts_per_force: int = field(default=1_000_000, metadata=param_range(1, 10**9, "counts per N"))
+    counts_per_torque: int = field(default=1_000_000, metadata=param_range(1, 10**9, "counts per Nm"))
+
+
+@dataclass(frozen=True)
 class EnvConfig:
     """Everything that defines one simulated task environment."""
 

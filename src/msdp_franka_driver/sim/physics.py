@@ -97,6 +97,7 @@ class SimulatedFranka:
         self._quat_wxyz = np.zeros(4)
         self._wrench_every = max(1, round(1.0 / (config.wrench_rate * config.physics_dt)))
         self.wrench_window: deque[np.ndarray] = deque(maxlen=config.wrench_window)
+        self.wrench_samples = 0  # F/T samples taken so far (a virtual F/T box streams each one)
         self.wrench_noise_std = 0.0
         self.rng = np.random.default_rng(0)
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
@@ -196,6 +197,7 @@ class SimulatedFranka:
 
     def _sample_wrench(self) -> None:
         self.wrench_window.append(self.wrench())  # mj_step2 has filled the force/torque sensor data
+        self.wrench_samples += 1
 
     def solve_ik(
         self, position: np.ndarray, orientation: np.ndarray, q0: np.ndarray, iterations: int = 200
