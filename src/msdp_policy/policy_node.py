@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,8 @@ from msdp_policy.policy import load_policy
 from msdp_policy.replay import log_meta, transition_schema
 from msdp_policy.tasks import TaskConfig, action_spec, make_task
 from msdp_policy.transition_log import TransitionLogError, TransitionWriter
+
+GOAL_PATIENCE = 5.0  # s (wall) after a reset without a goal before saying what is missing
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,12 @@ class PolicyNode(MsdpNode):
         self.subscription(vocab.ENCODER_INFO, self.on_encoder_info)
         self.reset_client = self.create_client(Trigger, vocab.driver_service(c.driver, vocab.RESET_SERVICE))
         self.create_timer(0.05, self.on_timer)
+        self.waiting_since = time.monotonic()
+        if not any(c.goal):
+            self.get_logger().info(
+                f"goal: from {vocab.TASK_GOAL.name} (the simulated driver publishes one per episode); a real cell has "
+                "no publisher of it: set goal:=[x, y, z, yaw] (m, rad, base frame)"
+            )
         self.get_logger().info(
             f"policy up: task {c.task.name}, log {c.transitions} ({writer.count} records), actor {self.actor_version}"
             f"{', deterministic' if c.deterministic else ''}"
@@ -235,7 +244,14 @@ class PolicyNode(MsdpNode):
                 self.get_logger().error(f"reset failed: {getattr(response, 'message', 'no response')}; retrying")
                 return
             self.ready_at = self.now() + self.config.settle_time
+            self.waiting_since = time.monotonic()
         goal_is_new = any(self.config.goal) or self.goal_stamp >= self.reset_requested_at - 1e-3
+        if not goal_is_new and time.monotonic() - self.waiting_since > GOAL_PATIENCE:
+            self.get_logger().warning(
+                f"no goal for the episode: nothing on {vocab.TASK_GOAL.name} since the reset {GOAL_PATIENCE:.0f} s "
+                "ago (the simulated driver publishes it); on a real cell set the parameter goal:=[x, y, z, yaw]",
+                throttle_duration_sec=10.0,
+            )
         if self.now() >= self.ready_at and goal_is_new and self.goal_state is not None:
             self.ready_at = None
             self.episodes.start_episode(self.goal_state)
