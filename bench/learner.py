@@ -1,9 +1,10 @@
 """Learner speed: critic + actor updates per second at batch 256, batches drawn from a real transition log.
 
 Usage: python bench/learner.py [--bridge cross_attention|pooling|cls|concat] [--variant msdp_frozen|scratch]
-[--updates N] [--threads N]. A log of 2,000 transitions in the schema training uses (66 x 128 bfloat16 tokens,
-or raw observations for ``scratch``) is written to a temporary folder; each update samples a batch from it
-through ``Replay`` (gathering and widening included) and runs one critic update and one actor + temperature
+[--updates N] [--threads N] [--device auto|cpu|cuda] [--precision fp32|bf16]. A log of 2,000 transitions in
+the schema training uses (66 x 128 bfloat16 tokens, or raw observations for ``scratch``) is written to a
+temporary folder; each update samples a batch from it through ``Replay`` (gathering and widening included),
+copies it to the device and runs one critic update and one actor + temperature
 update (the critic-to-actor ratio 1 case). For ``scratch``, every update also runs the encoder on the 2 x 256
 raw observations and backpropagates the critic loss into it. Values do not change the cost.
 """
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from msdp.config import from_dict
+from msdp.devices import DEVICES, PRECISIONS, resolve_device
 from msdp_perception.model import MSDPConfig, MSDPModel
 from msdp_policy.agent import BRIDGES, AgentConfig, SACAgent
 from msdp_policy.replay import ENCODER_VARIANTS, Replay, embedding_record, transition_schema
@@ -52,28 +54,37 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (this machine has 2 cores)")
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     args = parser.parse_args()
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = MSDPConfig()
-    config = from_dict(AgentConfig, {"bridge": args.bridge, "batch_size": args.batch_size})
+    config = from_dict(AgentConfig, {"bridge": args.bridge, "batch_size": args.batch_size, "precision": args.precision})
     encoder = MSDPModel(model) if args.variant == "scratch" else None
-    agent = SACAgent(config, model.width, model.n_tokens, model.action_dim, encoder=encoder)
+    agent = SACAgent(config, model.width, model.n_tokens, model.action_dim, encoder=encoder).to(device)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="msdp-bench-") as tmp:
         fill_log(Path(tmp), args.variant, model, 2000)
         replay = Replay(TransitionReader(tmp))
+
+        def update() -> dict:
+            return agent.update({k: v.to(device) for k, v in replay.sample(args.batch_size, rng).items()})
+
         for _ in range(5):
-            agent.update(replay.sample(args.batch_size, rng))
+            update()
         start = time.perf_counter()
         for _ in range(args.updates):
-            agent.update(replay.sample(args.batch_size, rng))
+            metrics = update()
+        float(metrics["critic_loss"])  # wait for the device
         elapsed = time.perf_counter() - start
     parameters = sum(p.numel() for p in agent.parameters() if p.requires_grad)
     print(f"variant: {args.variant}  bridge: {args.bridge}  batch: {args.batch_size}  "
           f"trainable parameters: {parameters / 1e6:.2f} M")  # fmt: skip
     per_update_ms = 1e3 * elapsed / args.updates
-    print(f"torch threads: {torch.get_num_threads()}  ms per update (batch sampling included): {per_update_ms:.1f}")
+    print(f"device: {device}  precision: {args.precision}  torch threads: {torch.get_num_threads()}  "
+          f"ms per update (batch sampling included): {per_update_ms:.1f}")  # fmt: skip
     print(f"learner_updates_per_s: {args.updates / elapsed:.1f}")
 
 

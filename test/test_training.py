@@ -333,3 +333,18 @@ def test_bad_metrics_and_missing_offline_logs_are_one_line_and_leave_nothing(tmp
     err = capsys.readouterr().err.strip()
     assert code == 2 and "no_log/schema.json not found" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "new").exists()  # the run did not start: no half-made run folder to --resume
+
+
+def test_bf16_updates_learn_and_a_missing_gpu_is_one_line(tmp_path, encoder, capsys):
+    """``agent.precision: bf16`` runs the updates under autocast with float32 weights; asking for CUDA where torch
+    has none is refused before anything is made."""
+    config = from_dict(TrainConfig, {**SMALL, "device": "cpu", "agent": {**SMALL["agent"], "precision": "bf16"}})
+    summary = train(config, encoder, tmp_path / "bf16", progress=False)
+    assert summary["env_steps"] == 40 and np.isfinite(summary["final"]["critic_loss"])
+    weights = load_policy(tmp_path / "bf16" / "policy.safetensors").actor.state_dict()
+    assert all(w.dtype == torch.float32 for w in weights.values())
+    if not torch.cuda.is_available():
+        code = msdp(["train", "--encoder", str(encoder), "--device", "cuda", "--out", str(tmp_path / "gpu")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "cuda requested" in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "gpu").exists()

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from msdp.config import ConfigError, from_dict, load_yaml, to_dict
+from msdp.devices import DEVICES, PRECISIONS
 from msdp.paths import config_file
 
 TASKS = ("peg", "push_cube", "close_drawer")
@@ -194,7 +195,7 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 PRETRAIN_FLAGS = {"steps": "steps", "batch_size": "batch_size", "seed": "seed", "objective": "model.objective",
-                  "val_every": "val_every"}  # fmt: skip
+                  "val_every": "val_every", "device": "device", "precision": "precision"}  # fmt: skip
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -235,11 +236,11 @@ TRAIN_FLAGS = {
     "steps": "steps", "seed": "seed", "encoder_variant": "encoder_variant", "sensors": "sensors",
     "task": "env.task.name", "bridge": "agent.bridge", "rlpd": "agent.rlpd", "layer_norm": "agent.layer_norm",
     "threads": "torch_threads", "random_steps": "random_steps", "update_after": "update_after",
-    "eval_every": "eval_every", "eval_episodes": "eval_episodes",
+    "eval_every": "eval_every", "eval_episodes": "eval_episodes", "device": "device", "precision": "agent.precision",
 }  # fmt: skip
 
 
-RESUME_FLAGS = ("steps", "threads")  # a resumed run keeps its saved config (config.json) but for these
+RESUME_FLAGS = ("steps", "threads", "device")  # a resumed run keeps its saved config (config.json) but for these
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -293,7 +294,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     perturbations = Perturbations(args.image_noise, args.ft_noise, args.stiffness, args.mass_scale, args.friction_scale)
-    result = evaluate_policy(args.policy, args.episodes, perturbations, args.task, args.encoder, not args.stochastic)
+    result = evaluate_policy(
+        args.policy, args.episodes, perturbations, args.task, args.encoder, not args.stochastic, args.device
+    )
     print(
         f"eval: success {result['success_rate']:.0%} over {result['episodes']} episodes "
         f"(return {result['return']:.2f}, mean length {result['episode_length']:.1f} steps); perturbations: "
@@ -380,6 +383,8 @@ def build_parser() -> ArgumentParser:
     pre.add_argument("--seed", type=int)
     pre.add_argument("--val-every", type=positive_int, help="updates between validations")
     pre.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    pre.add_argument("--device", choices=DEVICES, help="auto (default: a CUDA GPU if torch has one), cpu, cuda")
+    pre.add_argument("--precision", choices=PRECISIONS, help="fp32 (default) or bf16 autocast in the updates")
     pre.add_argument("--out", default="runs/pretrain", help="checkpoint and report folder")
     pre.add_argument("--cache", type=Path, help="folder for decoded-sample caches (later runs skip decoding)")
     add_config_arguments(pre, "pretrain.yaml")
@@ -407,6 +412,8 @@ def build_parser() -> ArgumentParser:
     tr.add_argument("--update-after", type=positive_int, help="environment steps before the first update")
     tr.add_argument("--eval-every", type=positive_int, help="environment steps between evaluations")
     tr.add_argument("--eval-episodes", type=positive_int, help="episodes per evaluation")
+    tr.add_argument("--device", choices=DEVICES, help="auto (default: a CUDA GPU if torch has one), cpu, cuda")
+    tr.add_argument("--precision", choices=PRECISIONS, help="fp32 (default) or bf16 autocast in the updates")
     tr.add_argument("--rlpd", action="store_true", help="RLPD: half of each batch from the --offline logs")
     tr.add_argument("--layer-norm", action="store_true", help="LayerNorm in the Q-networks (agent.layer_norm)")
     tr.add_argument("--offline", nargs="*", default=[], help="transition logs for RLPD (see msdp offline-log)")
@@ -426,6 +433,7 @@ def build_parser() -> ArgumentParser:
     ev.add_argument("--stochastic", action="store_true", help="sample actions instead of the mean")
     ev.add_argument("--encoder", help="override the encoder checkpoint named in the policy")
     ev.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    ev.add_argument("--device", choices=DEVICES, default="auto", help="auto (a CUDA GPU if torch has one), cpu, cuda")
 
     off = command("offline-log", _offline_log, "encode recorded bags into a transition log with rewards (RLPD data)")
     off.add_argument("--bags", nargs="+", required=True, help="bag folders with /franka/ee_pose and /msdp/task_goal")

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from msdp import vocabulary as vocab
 from msdp.config import param_range, to_dict
+from msdp.devices import DEVICES, PRECISIONS, autocast, resolve_device
 from msdp.metrics import write_rows
 from msdp.seeding import seed_run
 from msdp_perception.bags import BagError
@@ -45,15 +46,19 @@ class PretrainConfig:
     val_every: int = field(default=1000, metadata=param_range(1, 10_000_000, "updates between validations"))
     val_samples: int = field(default=1024, metadata=param_range(16, 1_000_000, "held-out samples per validation"))
     seed: int = field(default=0, metadata=param_range(0, 2**31 - 1))
+    device: str = field(default="auto", metadata={"choices": DEVICES, "doc": "auto: a CUDA GPU if torch has one"})
+    precision: str = field(default="fp32", metadata={"choices": PRECISIONS, "doc": "bf16: autocast in the updates"})
 
 
 class SampleSource:
     """Batches of tensors drawn from a ``BagDataset`` (with the successor sample for MSDP-P)."""
 
-    def __init__(self, dataset: BagDataset, indices: np.ndarray):
+    def __init__(self, dataset: BagDataset, indices: np.ndarray, device: torch.device | None = None):
         self.dataset, self.indices = dataset, indices
+        self.device = device or torch.device("cpu")
 
     def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """The samples ``idx`` (and their successors, for MSDP-P) as tensors on the source's device."""
         d = self.dataset
         out = {
             "image": torch.from_numpy(d.images[idx]),
@@ -69,7 +74,7 @@ class SampleSource:
             next_proprio=torch.from_numpy(d.proprio[nxt]),
             next_present=torch.from_numpy(d.present[nxt]),
         )
-        return out
+        return out if self.device.type == "cpu" else {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
 
     def sample(self, rng: np.random.Generator, size: int) -> dict[str, torch.Tensor]:
         return self.batch(self.indices[rng.integers(len(self.indices), size=size)])
@@ -121,7 +126,8 @@ def evaluate(model: MSDPModel, source: SampleSource, n: int, seed: int = 0) -> d
     totals = {m: [0.0, 0.0] for m in MODALITIES}
     for start in range(0, min(n, len(source.indices)), 256):
         batch = source.batch(source.indices[start : min(start + 256, n)])
-        out = model(batch, keep=model.random_keep(batch["present"], generator))
+        keep = model.random_keep(batch["present"].cpu(), generator).to(source.device)  # the same mask anywhere
+        out = model(batch, keep=keep)
         for m in MODALITIES:
             totals[m][0] += float(out[f"loss_{m}"]) * float(out[f"scored_{m}"])
             totals[m][1] += float(out[f"scored_{m}"])
@@ -149,7 +155,7 @@ def fusion_check(model: MSDPModel, source: SampleSource, n: int) -> dict[str, di
         model_error = baseline = 0.0
         for start in range(0, len(complete), 256):
             batch = source.batch(complete[start : start + 256])
-            keep = torch.ones(len(batch["image"]), model.config.n_tokens, dtype=torch.bool)
+            keep = torch.ones(len(batch["image"]), model.config.n_tokens, dtype=torch.bool, device=source.device)
             keep[:, masked] = False
             out = model(batch, keep=keep)
             prefix = "next_" if model.config.objective == "prediction" else ""
@@ -175,9 +181,11 @@ def pretrain(
         bag_paths, spec=config.model.observation_spec, sync=config.sync, cache_dir=cache_dir, progress=progress
     )
     train_idx, val_idx = split_indices(dataset, config, rng)
-    train, val = SampleSource(dataset, train_idx), SampleSource(dataset, val_idx)
+    device = resolve_device(config.device)
+    train, val = SampleSource(dataset, train_idx, device), SampleSource(dataset, val_idx, device)
     model = MSDPModel(config.model)
     fit_normalizer(model, dataset, train_idx)
+    model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     preview_idx = val_idx[:: max(1, len(val_idx) // 4)][:4] if len(val_idx) else train_idx[:4]
 
@@ -196,16 +204,18 @@ def pretrain(
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
-        out = model(train.sample(rng, config.batch_size))
+        with autocast(device, config.precision):
+            out = model(train.sample(rng, config.batch_size))
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()
-        for key in running:
-            value = out[key].item()
+        for key in running:  # kept on the device: reading a loss every update would wait for it
+            value = out[key].detach().float()
             running[key] = 0.98 * running[key] + 0.02 * value if step else value
-        bar.set_postfix(loss=f"{out['loss'].item():.3f}", refresh=False)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{float(out['loss']):.3f}", refresh=False)
         if (step + 1) % config.val_every == 0 or step + 1 == config.steps:
-            row = {"step": step + 1, "seconds": time.monotonic() - started, **running}
+            row = {"step": step + 1, "seconds": time.monotonic() - started, **{k: float(v) for k, v in running.items()}}
             if len(val_idx):
                 row.update(evaluate(model, val, config.val_samples))
                 fusion = fusion_check(model, val, config.val_samples)

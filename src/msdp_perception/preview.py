@@ -37,34 +37,37 @@ def plot_preview(model: MSDPModel, source, indices: np.ndarray, path: Path, seed
     was_training = model.training
     model.eval()
     batch = source.batch(indices)
-    keep = model.random_keep(batch["present"], torch.Generator().manual_seed(seed))
+    present = batch["present"]
+    keep = model.random_keep(present.cpu(), torch.Generator().manual_seed(seed)).to(present.device)
     out = model(batch, keep=keep)
     prefix = "next_" if model.config.objective == "prediction" else ""
     target = model.targets(batch[f"{prefix}image"], batch[f"{prefix}wrench"], batch[f"{prefix}proprio"])
     predicted_image = model.unpatchify(out["pred"]["vision"])
     if not prefix:  # MSDP-R: show what it reconstructed, in place of what it did not see (as MAE does)
         predicted_image = model.show_mask(batch["image"], keep, fill=predicted_image)
-    predicted_image = predicted_image.numpy()
+    predicted_image = predicted_image.cpu().numpy()
     c = model.config
-    masked_input = model.show_mask(batch["image"], keep).numpy()
+    masked_input = model.show_mask(batch["image"], keep).cpu().numpy()
 
     n = len(indices)
     fig, axes = plt.subplots(n, 5, figsize=(13, 2.4 * n), squeeze=False)
     titles = ("encoder input", "target" if prefix else "original", "prediction" if prefix else "seen + reconstructed")
     for row in range(n):
         ax = axes[row]
-        for col, image in enumerate((masked_input[row], batch[f"{prefix}image"][row].numpy(), predicted_image[row])):
+        for col, image in enumerate(
+            (masked_input[row], batch[f"{prefix}image"][row].cpu().numpy(), predicted_image[row])
+        ):
             ax[col].imshow(image)
             ax[col].axis("off")
-        ft_true = target["ft"][row].reshape(c.ft_window, 6).numpy()
-        ft_pred = out["pred"]["ft"][row].reshape(c.ft_window, 6).numpy()
+        ft_true = target["ft"][row].reshape(c.ft_window, 6).cpu().numpy()
+        ft_pred = out["pred"]["ft"][row].reshape(c.ft_window, 6).cpu().numpy()
         for ch in range(6):
             ax[3].plot(ft_true[:, ch], color=f"C{ch}", label=FT_LABELS[ch])
             ax[3].plot(ft_pred[:, ch], color=f"C{ch}", ls="--")
         ax[3].set_xlabel("reading (solid: true, dashed: predicted)", fontsize=7)
         ft_seen = "seen" if keep[row, c.vision_tokens] else "masked"
-        ax[4].bar(np.arange(c.proprio_dim) - 0.2, target["proprio"][row].numpy(), 0.4, label="true")
-        ax[4].bar(np.arange(c.proprio_dim) + 0.2, out["pred"]["proprio"][row].numpy(), 0.4, label="predicted")
+        ax[4].bar(np.arange(c.proprio_dim) - 0.2, target["proprio"][row].cpu().numpy(), 0.4, label="true")
+        ax[4].bar(np.arange(c.proprio_dim) + 0.2, out["pred"]["proprio"][row].cpu().numpy(), 0.4, label="predicted")
         joints_seen = "seen" if keep[row, c.vision_tokens + 1] else "masked"
         ax[3].set_title(f"F/T (normalised), token {ft_seen}", fontsize=8)
         ax[4].set_title(f"q, dq (normalised), token {joints_seen}", fontsize=8)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msdp.config import param_range
+from msdp.devices import PRECISIONS, autocast
 from msdp_perception.model import Embedding, MSDPModel, pool_tokens
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -47,6 +48,9 @@ class AgentConfig:
     critic_updates_per_actor_update: int = field(default=1, metadata=param_range(1, 64, "RLPD push cube: 4"))
     layer_norm: bool = field(default=False, metadata={"doc": "LayerNorm in the Q-networks (RLPD turns it on)"})
     rlpd: bool = field(default=False, metadata={"doc": "half of each batch from offline data, layer-normed critic"})
+    precision: str = field(
+        default="fp32", metadata={"choices": PRECISIONS, "doc": "bf16: forward passes and losses under autocast"}
+    )
 
 
 class CrossAttentionBridge(nn.Module):
@@ -258,20 +262,24 @@ class SACAgent(nn.Module):
     def act(self, pooled_embedding: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         return self.actor.act(pooled_embedding, deterministic)
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One critic update, plus an actor and temperature update every ``critic_updates_per_actor_update``."""
-        observation = self.features(batch)  # a scratch encoder gets gradients from the critic loss only
-        with torch.no_grad():
-            next_observation = self.features(batch, "next_")
-        metrics, latent = self.update_critic(batch, observation, next_observation)
-        self.critic_updates += 1
-        if self.critic_updates % self.config.critic_updates_per_actor_update == 0:
-            metrics.update(self.update_actor(observation.pooled.detach(), latent))
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One critic update, plus an actor and temperature update every ``critic_updates_per_actor_update``.
+
+        The batch must be on the agent's device. The metrics stay tensors on it (reading them would wait for
+        the device at every update): ``float()`` them when they are logged."""
+        with autocast(self.log_temperature.device, self.config.precision):
+            observation = self.features(batch)  # a scratch encoder gets gradients from the critic loss only
+            with torch.no_grad():
+                next_observation = self.features(batch, "next_")
+            metrics, latent = self.update_critic(batch, observation, next_observation)
+            self.critic_updates += 1
+            if self.critic_updates % self.config.critic_updates_per_actor_update == 0:
+                metrics.update(self.update_actor(observation.pooled.detach(), latent))
         return metrics
 
     def update_critic(
         self, batch: dict[str, torch.Tensor], observation: Embedding, next_observation: Embedding
-    ) -> tuple[dict[str, float], torch.Tensor]:
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Returns the metrics and the bridge's output for the observations (detached, for the actor)."""
         c = self.config
         with torch.no_grad():
@@ -288,9 +296,9 @@ class SACAgent(nn.Module):
         with torch.no_grad():
             for p, p_target in zip(self.critic.parameters(), self.critic_target.parameters(), strict=True):
                 p_target.lerp_(p, c.tau)
-        return {"critic_loss": loss.item(), "q": q.mean().item()}, latent.detach()
+        return {"critic_loss": loss.detach(), "q": q.detach().mean()}, latent.detach()
 
-    def update_actor(self, pooled: torch.Tensor, latent: torch.Tensor) -> dict[str, float]:
+    def update_actor(self, pooled: torch.Tensor, latent: torch.Tensor) -> dict[str, torch.Tensor]:
         """``latent`` is the critic's bridge output for the same observations, detached (DrQ-v2 style): the
         actor's loss reaches neither the bridge nor the Q-networks' weights, and the bridge is not run twice."""
         action, log_prob, _ = self.actor.sample(pooled)
@@ -305,5 +313,5 @@ class SACAgent(nn.Module):
         self.temperature_optimizer.zero_grad(set_to_none=True)
         temperature_loss.backward()
         self.temperature_optimizer.step()
-        entropy = -log_prob.mean().item()
-        return {"actor_loss": actor_loss.item(), "temperature": self.temperature.item(), "entropy": entropy}
+        return {"actor_loss": actor_loss.detach(), "temperature": self.temperature.detach(),
+                "entropy": -log_prob.detach().mean()}  # fmt: skip

@@ -76,11 +76,12 @@ def evaluate_policy(
     task: str | None = None,
     encoder_checkpoint: str | None = None,
     deterministic: bool = True,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Bad settings raise ConfigError naming the parameter (``task.*`` or ``impedance.*`` for a perturbation)
     before any episode runs; a missing or damaged policy raises CheckpointError."""
     _check_episodes(episodes)
-    policy = load_policy(path, encoder_checkpoint)
+    policy = load_policy(path, encoder_checkpoint, device)
     task_config = from_dict(TaskConfig, {
         **policy.info.task, "name": task or policy.info.task["name"], "image_noise_std": perturbations.image_noise,
         "ft_noise_std": perturbations.ft_noise, "object_mass_scale": perturbations.mass_scale,

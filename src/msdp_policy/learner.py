@@ -51,22 +51,26 @@ class Learner:
         return max(0, due - self.agent.critic_updates)
 
     def sample(self) -> dict[str, torch.Tensor]:
+        """A batch on the agent's device (sampled on the CPU from the log, then one copy per tensor)."""
         size = self.agent.config.batch_size
         if not self.agent.config.rlpd:
-            return self.replay.sample(size, self.rng)
-        offline = self.offline[int(self.rng.integers(len(self.offline)))]
-        return concat_batches(self.replay.sample(size // 2, self.rng), offline.sample(size - size // 2, self.rng))
+            batch = self.replay.sample(size, self.rng)
+        else:
+            offline = self.offline[int(self.rng.integers(len(self.offline)))]
+            batch = concat_batches(self.replay.sample(size // 2, self.rng), offline.sample(size - size // 2, self.rng))
+        device = self.agent.log_temperature.device
+        return batch if device.type == "cpu" else {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
     def catch_up(self, env_steps: int, max_updates: int | None = None) -> dict[str, float]:
         """Run the updates owed for ``env_steps`` (at most ``max_updates``); returns the last update's metrics."""
         owed = self.updates_owed(env_steps)
         if max_updates is not None:
             owed = min(owed, max_updates)
-        metrics: dict[str, float] = {}
+        metrics: dict[str, torch.Tensor] = {}
         if owed and len(self.replay):
             for _ in range(owed):
                 metrics = self.agent.update(self.sample())
-        return metrics
+        return {name: float(value) for name, value in metrics.items()}  # one wait for the device per call
 
     def save(self, path: Path, extra: dict[str, Any]) -> None:
         agent = self.agent
@@ -87,7 +91,7 @@ class Learner:
         """Load ``agent.pt`` (plain tensors and numbers only: ``weights_only``) once its digest and its agent
         weights (``check_state``) are good; returns the whole state."""
         try:
-            state = torch.load(path, weights_only=True)
+            state = torch.load(path, weights_only=True, map_location="cpu")  # saved on any device
         except Exception as exc:  # a damaged zip, a pickle of anything but tensors and numbers, a missing file
             raise CheckpointError(f"{path}: cannot read it as an agent checkpoint ({first_line(exc)})") from exc
         if not isinstance(state, dict):
@@ -125,7 +129,7 @@ def state_digest(state: dict[str, Any]) -> str:
         if isinstance(value, torch.Tensor):
             tensor = value.detach().cpu().contiguous()
             digest.update(f"tensor {tensor.dtype} {list(tensor.shape)}\n".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
         elif isinstance(value, dict):
             digest.update(f"dict {len(value)}\n".encode())
             for key in sorted(value, key=repr):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from msdp.config import ConfigError, from_dict, to_dict
+from msdp.devices import resolve_device
 from msdp.specs import ActionSpec, ObservationSpec, SpecMismatch, check_same, spec_from_dict
 from msdp_perception.checkpoint import (
     ENCODER_FORMAT,
@@ -74,20 +75,20 @@ class Policy:
         self.actor = actor.eval()
         self.encoder = encoder.eval()
         self.info = info
-        self.present = torch.from_numpy(sensor_mask(info.sensors))[None]
+        self.device = next(actor.parameters()).device  # the encoder's too
+        self.present = torch.from_numpy(sensor_mask(info.sensors))[None].to(self.device)
 
     @torch.no_grad()
     def encode(self, observation: dict[str, np.ndarray]) -> Embedding:
-        """One environment observation (image, wrench, proprio) -> batch-of-one embedding."""
+        """One environment observation (image, wrench, proprio) -> batch-of-one embedding, on the policy's
+        device."""
         return self.encoder.embed(
-            torch.from_numpy(observation["image"])[None],
-            torch.from_numpy(observation["wrench"])[None],
-            torch.from_numpy(observation["proprio"])[None],
+            *(torch.from_numpy(observation[name])[None].to(self.device) for name in ("image", "wrench", "proprio")),
             self.present,
         )
 
     def act(self, pooled: torch.Tensor, deterministic: bool = True) -> np.ndarray:
-        return self.actor.act(pooled.reshape(1, -1), deterministic)[0].numpy().astype(np.float64)
+        return self.actor.act(pooled.reshape(1, -1), deterministic)[0].cpu().numpy().astype(np.float64)
 
 
 def action_spec_of(info: PolicyInfo) -> ActionSpec:
@@ -137,7 +138,7 @@ def check_encoder(sidecar: dict[str, Any], meta: Path, checkpoint: str, encoder:
         check_same(recorded, str(meta), encoder.config.observation_spec, checkpoint)
 
 
-def load_policy(path: str | Path, encoder_checkpoint: str | Path | None = None) -> Policy:
+def load_policy(path: str | Path, encoder_checkpoint: str | Path | None = None, device: str = "cpu") -> Policy:
     """Rebuild a policy; a frozen-encoder policy loads its encoder from the sidecar's path or the one given."""
     sidecar = load_sidecar(path, POLICY_FORMAT)
     meta = checkpoint_paths(path)[1]
@@ -160,4 +161,5 @@ def load_policy(path: str | Path, encoder_checkpoint: str | Path | None = None) 
     actor = Actor(info.agent, encoder.config.width, info.action_dim)
     weights = PolicyWeights(actor, encoder if info.encoder_variant == "scratch" else None)
     load_weights(path, weights)
-    return Policy(actor, encoder, info)
+    target = resolve_device(device)
+    return Policy(actor.to(target), encoder.to(target), info)

@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from msdp.config import ConfigError, from_dict, param_range, to_dict
+from msdp.devices import DEVICES, resolve_device
 from msdp.metrics import read_rows, write_rows
 from msdp.seeding import seed_run
 from msdp.specs import check_same
@@ -63,6 +64,7 @@ class TrainConfig:
     encoder_variant: str = field(default="msdp_frozen", metadata={"choices": ENCODER_VARIANTS})
     sensors: str = field(default="vision,ft,proprio", metadata={"choices": SENSOR_SUBSETS})
     torch_threads: int = field(default=1, metadata=param_range(1, 256))
+    device: str = field(default="auto", metadata={"choices": DEVICES, "doc": "auto: a CUDA GPU if torch has one"})
     agent: AgentConfig = field(default_factory=AgentConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
 
@@ -85,6 +87,9 @@ class Trainer:
             scratch.normalizer.load_state_dict(pretrained.normalizer.state_dict())
         self.encoder = (scratch if scratch is not None else pretrained).eval()
         self.agent = SACAgent(config.agent, model.width, model.n_tokens, self.env.action_dim, encoder=scratch)
+        self.device = resolve_device(config.device)
+        self.agent.to(self.device)
+        self.encoder.to(self.device)
         check_same(model.observation_spec, str(encoder_checkpoint), self.env.observation_spec, "env.sim")
         meta = log_meta(encoder_checkpoint, model, self.env.action_spec)
         self.schema = transition_schema(config.encoder_variant, model, self.env.action_dim, meta)
@@ -153,13 +158,13 @@ class Trainer:
     def record(self, observation: dict[str, np.ndarray], embedding: Any) -> dict[str, np.ndarray]:
         """The observation fields of a log record (see replay.transition_schema)."""
         if self.config.encoder_variant == "msdp_frozen":
-            return embedding_record(embedding.tokens[0].numpy(), embedding.token_present[0].numpy(),
-                                    embedding.pooled[0].numpy())  # fmt: skip
+            return embedding_record(embedding.tokens[0].cpu().numpy(), embedding.token_present[0].cpu().numpy(),
+                                    embedding.pooled[0].cpu().numpy())  # fmt: skip
         return {
             "image": observation["image"],
             "wrench": observation["wrench"],
             "proprio": observation["proprio"],
-            "sensors": self.policy.present[0].numpy(),
+            "sensors": self.policy.present[0].cpu().numpy(),
         }
 
     def learn(self) -> None:
