@@ -152,7 +152,7 @@ class WeightsRefused(ValueError):
 
 def actor_to_bytes(actor: Actor) -> bytes:
     """The actor's weights as a safetensors blob: what the learner publishes to the policy."""
-    return save_tensors({k: v.detach().contiguous() for k, v in actor.state_dict().items()})
+    return save_tensors({k: v.detach().cpu().contiguous() for k, v in actor.state_dict().items()})
 
 
 def actor_from_bytes(blob: bytes, like: Actor, where: str = "actor weights") -> Actor:

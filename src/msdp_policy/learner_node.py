@@ -22,6 +22,7 @@ from std_msgs.msg import MultiArrayDimension, UInt8MultiArray
 
 from msdp import vocabulary as vocab
 from msdp.config import ConfigError, param_range, to_dict
+from msdp.devices import DEVICES, resolve_device
 from msdp.node import MsdpNode, run_node
 from msdp.seeding import seed_run
 from msdp_perception.checkpoint import CheckpointError, encoder_identity
@@ -44,6 +45,7 @@ class LearnerNodeConfig:
     publish_every: int = field(default=100, metadata=param_range(1, 10**7, "critic updates between publishes"))
     checkpoint_every: int = field(default=2000, metadata=param_range(1, 10**7, "critic updates"))
     threads: int = field(default=1, metadata=param_range(1, 64, "torch CPU threads"))
+    device: str = field(default="auto", metadata={"choices": DEVICES, "doc": "auto: a CUDA GPU if torch has one"})
     seed: int = field(default=0, metadata=param_range(0, 2**31 - 1))
     agent: AgentConfig = field(default_factory=AgentConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -81,7 +83,7 @@ class LearnerNode(MsdpNode):
             )
         n_tokens, width = fields["tokens"][1]
         self.action_dim = fields["action"][1][0]
-        agent = SACAgent(c.agent, width, n_tokens, self.action_dim)
+        agent = SACAgent(c.agent, width, n_tokens, self.action_dim).to(resolve_device(c.device))
         offline = [Replay(TransitionReader(folder)) for folder in c.offline.split(",") if folder]
         try:
             self.learner = Learner(agent, Replay(reader), offline, c.update_after, c.seed)

@@ -111,5 +111,6 @@ class OnlineEpisodes:
     def choose_action(self, pooled: np.ndarray) -> np.ndarray:
         if self.writer.count < self.random_steps or self.actor is None:
             return self.rng.uniform(-1.0, 1.0, self.task.action_dim)
-        action = self.actor.act(torch.from_numpy(pooled)[None], self.deterministic)
-        return action[0].numpy().astype(np.float64)
+        device = next(self.actor.parameters()).device
+        action = self.actor.act(torch.from_numpy(pooled)[None].to(device), self.deterministic)
+        return action[0].cpu().numpy().astype(np.float64)

@@ -34,6 +34,7 @@ from visualization_msgs.msg import MarkerArray
 
 from msdp import vocabulary as vocab
 from msdp.config import ConfigError, from_dict, param_range
+from msdp.devices import DEVICES, resolve_device
 from msdp.markers import sphere_marker, workspace_box_marker
 from msdp.node import MsdpNode, ros_message, run_node
 from msdp.vocabulary import pose_arrays, stamp_seconds
@@ -67,6 +68,9 @@ class PolicyNodeConfig:
     )
     driver: str = field(default=f"/{vocab.DRIVER_NODE}", metadata={"doc": "driver node name (its ~/reset service)"})
     durable: bool = field(default=True, metadata={"doc": "fsync every logged transition"})
+    device: str = field(
+        default="cpu", metadata={"choices": DEVICES, "doc": "where the actor runs (one small MLP at 10 Hz: the CPU)"}
+    )
     seed: int = field(default=0, metadata=param_range(0, 2**31 - 1))
     encoder_checkpoint: str = field(
         default="", metadata={"doc": "a fresh actor's encoder (the encoder node's checkpoint); a policy names its own"}
@@ -87,6 +91,7 @@ class PolicyNode(MsdpNode):
         super().__init__("msdp_policy", PolicyNodeConfig)
         c = self.config
         try:
+            self.device = resolve_device(c.device)
             if not c.policy and not c.encoder_checkpoint:  # checked here: the shipped params file leaves both empty
                 raise ConfigError(
                     "parameter 'policy' or 'encoder_checkpoint' is required: the actor acts on one encoder's embeddings"
@@ -122,6 +127,7 @@ class PolicyNode(MsdpNode):
             c.task, (c.workspace_min, c.workspace_max), writer, actor, c.deterministic, c.random_steps, c.seed
         )
         self.task = task
+        actor.to(self.device)
         self.weights_gate = ActorWeightsGate(actor)
         self.actor_version = "initial" if not c.policy else c.policy
         self.pose: PoseStamped | None = None
@@ -219,7 +225,7 @@ class PolicyNode(MsdpNode):
         except WeightsRefused as exc:
             self.get_logger().error(f"/msdp/actor_weights refused, keeping actor {self.actor_version}: {exc}")
             return
-        self.episodes.actor = actor  # one reference swap: the next step acts with the new weights
+        self.episodes.actor = actor.to(self.device)  # one reference swap: the next step acts with the new weights
         self.actor_version = label
         self.get_logger().info(f"new actor weights: {self.actor_version}")
 
