@@ -29,6 +29,7 @@ setup(
             "recorder_node = msdp_perception.recorder_node:main",
             "collect_node = msdp_perception.collect_node:main",
             "encoder_node = msdp_perception.encoder_node:main",
+            "camera_node = msdp_perception.camera_node:main",
             "ft_node = msdp_perception.ft_node:main",
             "policy_node = msdp_policy.policy_node:main",
             "learner_node = msdp_policy.learner_node:main",

@@ -107,7 +107,8 @@ def test_embeddings_match_the_in_process_encoder_and_a_dead_wrench_is_masked(tmp
 
             probe.spin_until(lambda: any(_ft_masked(d) for d in diagnostics), 5.0)
             assert any(_ft_masked(d) for d in diagnostics), [d.status[0].message for d in diagnostics]
-            assert reconstructions and reconstructions[-1].encoding == "rgb8" and reconstructions[-1].width == 192
+            # the camera frame with its ROI outlined, then input, masked input and decoded, each scaled to 256 rows
+            assert reconstructions and reconstructions[-1].encoding == "rgb8" and reconstructions[-1].width == 4 * 256
         finally:
             probe.close()
 

@@ -22,14 +22,38 @@ class SpecMismatch(ConfigError):
     """Two artefacts (or an artefact and a config) disagree on the observation or the action."""
 
 
+FULL_FRAME = (0.0, 0.0, 1.0, 1.0)  # the region of interest that is the whole camera frame
+ROI_DOC = "x0 y0 x1 y1, fractions of the camera frame's width and height; a non-square region: its centred square"
+
+
+def roi_field() -> Any:
+    """The ``roi`` field of an observation spec (and of the model config that makes one)."""
+    return field(default=FULL_FRAME, metadata=param_range(0.0, 1.0, ROI_DOC))
+
+
+def check_roi(roi: tuple[float, float, float, float], name: str) -> None:
+    x0, y0, x1, y1 = roi
+    if not (x0 < x1 and y0 < y1):
+        raise ConfigError(f"parameter '{name}': {list(roi)} is not a region x0 y0 x1 y1 with x0 < x1 and y0 < y1")
+
+
 @dataclass(frozen=True)
 class ObservationSpec:
     """One MSDP observation: a square RGB image, the last ``ft_window`` wrench readings, and the positions
-    then velocities of ``joints``."""
+    then velocities of ``joints``.
+
+    The image is the camera frame's region of interest ``roi`` (x0, y0, x1, y1 as fractions of the frame's
+    width and height, default the whole frame), cut to its centred square when it is not square in pixels,
+    then resized to ``image_size`` (``msdp_perception.messages``). An artefact saved before the ROI existed
+    has none and means the whole frame."""
 
     image_size: int = field(default=64, metadata=param_range(16, 512, "pixels, square RGB image"))
     ft_window: int = field(default=4, metadata=param_range(1, 64, "wrench readings per observation"))
     joints: int = field(default=len(JOINT_NAMES), metadata=param_range(1, 64, "joints (positions + velocities)"))
+    roi: tuple[float, float, float, float] = roi_field()
+
+    def check(self, prefix: str = "") -> None:
+        check_roi(self.roi, f"{prefix}roi")
 
     @property
     def proprio_dim(self) -> int:

@@ -3,6 +3,11 @@
 One sample per camera image, assembled by the same ``SensorSynchronizer`` the encoder node runs online, so
 pretraining sees exactly what the robot will feed the model: a sensor that was late, missing or non-finite
 at that moment is masked (``present`` False), not dropped and not filled with garbage.
+
+The image topic may hold ``sensor_msgs/Image`` or ``sensor_msgs/CompressedImage`` (jpeg, png); a bag without
+the configured image topic but with its ``/compressed`` sibling (image_transport's name) is read from that.
+Images go through the encoder node's preprocessing (``messages.image_from_msg``) with the spec's region of
+interest.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from msdp import vocabulary as vocab
-from msdp.specs import ObservationSpec
+from msdp.specs import FULL_FRAME, ObservationSpec
 from msdp_perception.bags import STORAGE_SUFFIXES, BagDamaged, BagError, BagReader
 from msdp_perception.messages import SensorDataError, image_from_msg, proprio_from_joint_state
 from msdp_perception.observation import MODALITIES, SensorSynchronizer, SyncConfig
@@ -41,12 +46,14 @@ class BagTopics:
     action: str = vocab.ACTION.name
 
 
+# the message types each stream may have in a bag
 EXPECTED_TYPES = {
-    "image": vocab.IMAGE.msgtype,
-    "wrench": vocab.WRENCH.msgtype,
-    "joint_states": vocab.JOINT_STATES.msgtype,
-    "action": vocab.ACTION.msgtype,
+    "image": (vocab.IMAGE.msgtype, vocab.COMPRESSED_IMAGE.msgtype),
+    "wrench": (vocab.WRENCH.msgtype,),
+    "joint_states": (vocab.JOINT_STATES.msgtype,),
+    "action": (vocab.ACTION.msgtype,),
 }
+COMPRESSED_SUFFIX = vocab.COMPRESSED_IMAGE.name.removeprefix(vocab.IMAGE.name)  # image_transport's "/compressed"
 
 
 def _action_from_msg(msg) -> np.ndarray:
@@ -60,11 +67,12 @@ def decode_bag(
 ) -> dict[str, np.ndarray]:
     """The sample arrays of one bag (``next_index`` relative to this bag)."""
     with BagReader(path) as reader:
+        topics = _image_topic_in(reader.topics, topics)
         _check_topics(path, reader.topics, topics)
         wanted = [t for t in dataclasses.astuple(topics) if t in reader.topics]
         readings: dict[str, list[tuple[int, np.ndarray]]] = {name: [] for name in EXPECTED_TYPES}
         decoders = {
-            topics.image: ("image", lambda msg: image_from_msg(msg, spec.image_size)),
+            topics.image: ("image", lambda msg: image_from_msg(msg, spec.image_size, spec.roi)),
             topics.wrench: ("wrench", vocab.wrench_array),
             topics.joint_states: ("joint_states", proprio_from_joint_state),
             topics.action: ("action", _action_from_msg),
@@ -83,6 +91,14 @@ def decode_bag(
     return _synchronise(readings, spec, sync)
 
 
+def _image_topic_in(available: dict[str, str], topics: BagTopics) -> BagTopics:
+    """``topics``, with the image read from ``<image>/compressed`` when the bag has only that."""
+    compressed = topics.image + COMPRESSED_SUFFIX
+    if topics.image not in available and compressed in available:
+        return dataclasses.replace(topics, image=compressed)
+    return topics
+
+
 def _check_topics(path: Path, available: dict[str, str], topics: BagTopics) -> None:
     required = [getattr(topics, name) for name in ("image", "wrench", "joint_states")]
     missing = [t for t in required if t not in available]
@@ -91,8 +107,8 @@ def _check_topics(path: Path, available: dict[str, str], topics: BagTopics) -> N
         raise BagError(f"bag {path} lacks topic(s) {', '.join(missing)}; it has {has}")
     for name, expected in EXPECTED_TYPES.items():
         topic = getattr(topics, name)
-        if topic in available and available[topic] != expected:
-            raise BagError(f"bag {path}: topic {topic} has type {available[topic]}, expected {expected}")
+        if topic in available and available[topic] not in expected:
+            raise BagError(f"bag {path}: topic {topic} has type {available[topic]}, expected {' or '.join(expected)}")
 
 
 def _synchronise(
@@ -155,9 +171,12 @@ def _link_actions(image_ns: np.ndarray, actions: list[tuple[int, np.ndarray]]) -
 
 def _cache_file(cache_dir: Path, path: Path, spec: ObservationSpec, sync: SyncConfig, topics: BagTopics) -> Path:
     """Named by a hash of everything the arrays depend on: the bag's files, the sizes, the sync rule, the topics
-    (the sizes first, so caches written when they were part of the sync rule stay valid)."""
+    (the sizes first, so caches written when they were part of the sync rule stay valid), and the region of
+    interest unless it is the whole frame (so caches written before it existed stay valid)."""
     files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
     rule = {"image_size": spec.image_size, "ft_window": spec.ft_window, **dataclasses.asdict(sync)}
+    if tuple(spec.roi) != FULL_FRAME:
+        rule["roi"] = list(spec.roi)
     key = json.dumps([CACHE_VERSION, str(path.resolve()), files, rule, dataclasses.asdict(topics)])
     return cache_dir / f"{path.name}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
 

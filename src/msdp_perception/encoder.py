@@ -20,8 +20,11 @@ import numpy as np
 import torch
 
 from msdp_perception.checkpoint import load_encoder
+from msdp_perception.messages import roi_overlay
 from msdp_perception.model import MSDPModel
 from msdp_perception.observation import MODALITIES, Observation
+
+PANEL_HEIGHT = 256  # pixels, the least height of a reconstruction panel with the camera frame
 
 
 @dataclass
@@ -96,9 +99,15 @@ class FrozenEncoder:
         return EncodedObservation(out.tokens[0].numpy(), out.token_present[0].numpy(), out.pooled[0].numpy())
 
     @torch.no_grad()
-    def reconstruction_panel(self, observation: Observation, seed: int = 0) -> np.ndarray:
-        """Camera | encoder input with the pretraining mask (grey = masked) | reconstruction, side by side (rgb8).
+    def reconstruction_panel(
+        self, observation: Observation, seed: int = 0, camera: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Encoder input | encoder input with the pretraining mask (grey = masked) | reconstruction, side by side
+        (rgb8), at the model's image size.
 
+        With ``camera``, the whole RGB camera frame the observation's image was cut from, the panel starts with
+        that frame, the region the model sees outlined (``messages.roi_overlay``), and every part is scaled up
+        to at least ``PANEL_HEIGHT`` pixels, so a user sees what the model sees and where it comes from.
         MSDP-P checkpoints decode the next frame; they get the mean action (normalised zero).
         """
         c = self.config
@@ -112,4 +121,10 @@ class FrozenEncoder:
         if action is None:  # MSDP-R: the reconstruction in place of what the encoder did not see
             decoded = self.model.show_mask(b["image"], keep, fill=decoded)
         masked = self.model.show_mask(b["image"], keep)[0].numpy()
-        return np.hstack([observation.image, masked, decoded[0].numpy()])
+        parts = [observation.image, masked, decoded[0].numpy()]
+        if camera is None:
+            return np.hstack(parts)
+        scale = max(1, PANEL_HEIGHT // c.image_size)
+        height = c.image_size * scale
+        parts = [np.repeat(np.repeat(part, scale, axis=0), scale, axis=1) for part in parts]
+        return np.hstack([roi_overlay(camera, c.roi, height), *parts])

@@ -1,12 +1,21 @@
 """Encoder node: sensor topics in, frozen MSDP embeddings out, at a fixed rate.
 
-subscribes  /camera/image_raw (sensor_msgs/Image), /ft_sensor/wrench (geometry_msgs/WrenchStamped),
-            /joint_states (sensor_msgs/JointState)                         [sensor-data QoS]
+subscribes  /camera/image_raw (sensor_msgs/Image, any size, rgb8/bgr8/rgba8/bgra8/mono8) or, with
+            ``image_transport: compressed``, /camera/image_raw/compressed (sensor_msgs/CompressedImage, jpeg or
+            png), /ft_sensor/wrench (geometry_msgs/WrenchStamped), /joint_states (sensor_msgs/JointState)
+                                                                           [sensor-data QoS]
 publishes   /msdp/embedding (sensor_msgs/Image, 32FC1, reliable): the layout documented in
             ``msdp_perception.encoder`` -- one row per token (NaN row = masked sensor), last row pooled;
             header.stamp = the time the observation describes, frame_id ``msdp_embedding``
-            /msdp/reconstruction (sensor_msgs/Image, rgb8): camera | masked input | decoded, for rviz
-            /diagnostics: which sensors are masked and why, encode latency
+            /msdp/reconstruction (sensor_msgs/Image, rgb8): camera frame with the region the model sees outlined |
+            encoder input | masked input | decoded, for rviz
+            /diagnostics: which sensors are masked and why, encode latency, the image topic, size and ROI
+Images go through ``msdp_perception.messages`` (the same preprocessing as bags): the encoder's region of interest
+(``roi`` in its sidecar, the whole frame if it has none), then a resize to its input size.
+Another camera driver's stream is used by remapping, e.g. a RealSense's
+``-r /camera/image_raw:=/camera/camera/color/image_raw``; with ``image_transport: compressed`` the node
+subscribes to ``<image topic>/compressed`` of the remapped name, as image_transport does (or remap
+/camera/image_raw/compressed itself).
 Each tick (``rate``, 10 Hz) assembles the observation with the sync rule of ``msdp_perception.observation``;
 a missing, stale or non-finite sensor is masked, reported on /diagnostics and in a throttled warning,
 and the embedding keeps flowing from the remaining sensors.
@@ -22,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from geometry_msgs.msg import WrenchStamped
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 
 from msdp import vocabulary as vocab
@@ -31,7 +40,7 @@ from msdp.node import MsdpNode, ros_message, run_node
 from msdp.vocabulary import stamp_seconds
 from msdp_perception.checkpoint import CheckpointError, encoder_identity
 from msdp_perception.encoder import EncoderInfo, FrozenEncoder, pack_embedding
-from msdp_perception.messages import SensorDataError, image_from_msg, proprio_from_joint_state
+from msdp_perception.messages import SensorDataError, decode_image, preprocess, proprio_from_joint_state
 from msdp_perception.observation import MODALITIES, Observation, SensorSynchronizer, SyncConfig
 
 
@@ -41,7 +50,10 @@ class EncoderNodeConfig:
     rate: float = field(default=10.0, metadata=param_range(0.1, 100.0, "Hz, observations encoded"))
     reconstruction_rate: float = field(default=1.0, metadata=param_range(0.0, 30.0, "Hz, rviz preview; 0 = off"))
     threads: int = field(default=1, metadata=param_range(1, 64, "torch CPU threads (leave cores to other nodes)"))
-    image_topic: str = vocab.IMAGE.name
+    image_topic: str = field(default=vocab.IMAGE.name, metadata={"doc": "raw image topic (remapping works too)"})
+    image_transport: str = field(
+        default="raw", metadata={"choices": ("raw", "compressed"), "doc": "compressed: <image_topic>/compressed"}
+    )
     wrench_topic: str = vocab.WRENCH.name
     joint_topic: str = vocab.JOINT_STATES.name
     sync: SyncConfig = field(default_factory=SyncConfig)
@@ -67,9 +79,22 @@ class EncoderNode(MsdpNode):
         self.masked_reasons: dict[str, str] = {}
         self.last_observation: Observation | None = None
         self.bad_messages: dict[str, str] = {}
+        self.camera_frame: np.ndarray | None = None  # the whole frame of the latest image
+        self.last_camera_frame: np.ndarray | None = None  # the one last_observation's image was cut from
 
         c = self.config
-        self.subscription(vocab.IMAGE, self.on_image, c.image_topic)
+        try:
+            if c.image_transport == "compressed":  # image_transport's naming, after remapping the raw topic
+                suffix = vocab.COMPRESSED_IMAGE.name.removeprefix(vocab.IMAGE.name)
+                self.image_topic = self.resolve_topic_name(c.image_topic) + suffix
+                self.subscription(vocab.COMPRESSED_IMAGE, self.on_image, self.image_topic)
+            else:
+                self.image_topic = c.image_topic
+                self.subscription(vocab.IMAGE, self.on_image, c.image_topic)
+        except Exception as exc:  # rclpy's errors for a malformed name
+            super().destroy_node()
+            reason = str(exc).split(", at ")[0]
+            raise ConfigError(f"parameter 'image_topic': {c.image_topic!r} is not a topic name ({reason})") from None
         self.subscription(vocab.WRENCH, self.on_wrench, c.wrench_topic)
         self.subscription(vocab.JOINT_STATES, self.on_joints, c.joint_topic)
         self.embedding_pub = self.publisher(vocab.EMBEDDING)
@@ -81,7 +106,10 @@ class EncoderNode(MsdpNode):
         if c.reconstruction_rate > 0:
             self.create_timer(1.0 / c.reconstruction_rate, self.on_reconstruction)
         self.create_timer(1.0, self.on_diagnostics)
-        self.get_logger().info(f"encoder up: {c.checkpoint}, {model.n_tokens} tokens x {model.width}, {c.rate} Hz")
+        self.get_logger().info(
+            f"encoder up: {c.checkpoint}, {model.n_tokens} tokens x {model.width}, {c.rate} Hz; images from "
+            f"{self.resolve_topic_name(self.image_topic)} ({c.image_transport}), ROI {list(model.roi)}"
+        )
 
     # -- sensor callbacks: decode, or remember why a message was refused ----------------------------
     def _decode(self, topic: str, decode) -> None:
@@ -92,11 +120,16 @@ class EncoderNode(MsdpNode):
             self.bad_messages[topic] = str(exc)
             self.get_logger().warning(f"{topic}: {exc}", throttle_duration_sec=5.0)
 
-    def on_image(self, msg: Image) -> None:
-        size = self.sync.spec.image_size
-        self._decode(
-            self.config.image_topic, lambda: self.sync.add_image(stamp_seconds(msg.header), image_from_msg(msg, size))
-        )
+    def on_image(self, msg) -> None:
+        """A sensor_msgs/Image or CompressedImage: the whole frame is kept for the reconstruction panel."""
+        spec = self.sync.spec
+
+        def decode() -> None:
+            frame = decode_image(msg)
+            self.sync.add_image(stamp_seconds(msg.header), preprocess(frame, spec.image_size, spec.roi))
+            self.camera_frame = frame
+
+        self._decode(self.image_topic, decode)
 
     def on_wrench(self, msg: WrenchStamped) -> None:
         self._decode(
@@ -128,12 +161,14 @@ class EncoderNode(MsdpNode):
         self.embedding_pub.publish(vocab.image_msg(ros_message, now.nanoseconds, rows, "32FC1", vocab.EMBEDDING_FRAME))
         self.published += 1
         self.last_observation = observation
+        if observation.present["vision"]:  # its image is the latest one (the synchroniser keeps no other)
+            self.last_camera_frame = self.camera_frame
 
     def on_reconstruction(self) -> None:
         observation = self.last_observation
         if observation is None or not observation.present["vision"]:
             return
-        panel = self.encoder.reconstruction_panel(observation, seed=self.published)
+        panel = self.encoder.reconstruction_panel(observation, seed=self.published, camera=self.last_camera_frame)
         self.reconstruction_pub.publish(
             vocab.image_msg(ros_message, self.now_ns(), panel, "rgb8", vocab.EMBEDDING_FRAME)
         )
@@ -142,11 +177,15 @@ class EncoderNode(MsdpNode):
         problems = {**{m: f"masked ({r})" for m, r in self.masked_reasons.items()}, **self.bad_messages}
         message = "; ".join(f"{k}: {v}" for k, v in problems.items()) or "all sensors present"
         latency = np.array(self.latencies) * 1e3 if self.latencies else np.zeros(1)
+        frame = self.camera_frame
         values = {
             **{f"{m}_masked": str(m in self.masked_reasons) for m in MODALITIES},
             "embeddings_published": str(self.published),
             "encode_ms_p50": f"{np.percentile(latency, 50):.2f}",
             "encode_ms_p99": f"{np.percentile(latency, 99):.2f}",
+            "image_topic": f"{self.resolve_topic_name(self.image_topic)} ({self.config.image_transport})",
+            "camera_frame": "none yet" if frame is None else f"{frame.shape[1]}x{frame.shape[0]}",
+            "roi": str(list(self.sync.spec.roi)),
         }
         self.publish_diagnostics("sensors", "warn" if problems else "ok", message, values)
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msdp.config import ConfigError, param_range
-from msdp.specs import ObservationSpec
+from msdp.specs import ObservationSpec, check_roi, roi_field
 from msdp_perception.observation import MODALITIES
 
 VISION, FT, PROPRIO = range(3)  # modality ids, in MODALITIES order
@@ -51,8 +51,10 @@ class MSDPConfig:
     force_log_scale: float = field(default=1.0, metadata=param_range(0.0, 1000.0, "N, F/T compression; 0 = off"))
     torque_log_scale: float = field(default=0.1, metadata=param_range(0.0, 100.0, "Nm, F/T compression; 0 = off"))
     objective: str = field(default="reconstruction", metadata={"choices": ("reconstruction", "prediction")})
+    roi: tuple[float, float, float, float] = roi_field()  # see ObservationSpec; absent from a sidecar = whole frame
 
     def check(self, prefix: str = "") -> None:
+        check_roi(self.roi, f"{prefix}roi")
         ratio = self.image_size // self.vision_grid
         if self.image_size % self.vision_grid or ratio & (ratio - 1):
             raise ConfigError(
@@ -69,7 +71,9 @@ class MSDPConfig:
     @property
     def observation_spec(self) -> ObservationSpec:
         """The observation this model encodes (what sensors, bags and environments must provide)."""
-        return ObservationSpec(image_size=self.image_size, ft_window=self.ft_window, joints=self.proprio_dim // 2)
+        return ObservationSpec(
+            image_size=self.image_size, ft_window=self.ft_window, joints=self.proprio_dim // 2, roi=self.roi
+        )
 
     @property
     def vision_tokens(self) -> int:
