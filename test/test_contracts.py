@@ -122,3 +122,18 @@ def test_training_refuses_an_environment_whose_camera_the_encoder_cannot_read(en
     config = from_dict(TrainConfig, {"steps": 1, "env": {"sim": {"image_size": 32}}})
     with pytest.raises(ConfigError, match="image_size 64 vs 32"):
         train(config, encoders[0], tmp_path / "run", progress=False)
+
+
+def test_a_log_from_before_the_roi_mixes_with_one_that_records_the_whole_frame(encoders, tmp_path):
+    """Spec fields added later (the ROI) compare with their defaults: an older log resumes and mixes in."""
+    first, _ = encoders
+    write_log(tmp_path / "old", first)
+    schema_file = tmp_path / "old" / "schema.json"
+    schema = json.loads(schema_file.read_text())
+    schema["meta"]["observation_spec"].pop("roi", None)
+    schema_file.write_text(json.dumps(schema))
+    write_log(tmp_path / "old", first)  # resumed by a run that records the ROI: the same source
+    schema["meta"]["observation_spec"]["roi"] = [0.1, 0.0, 0.9, 1.0]
+    schema_file.write_text(json.dumps(schema))
+    with pytest.raises(TransitionLogError, match="observation_spec"):
+        write_log(tmp_path / "old", first)

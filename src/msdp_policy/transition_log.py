@@ -34,6 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from msdp.config import ConfigError, from_dict, to_dict
+from msdp.specs import ObservationSpec
+
 MAGIC = b"MSDT"
 HEADER = struct.Struct("<4sII")  # magic, payload length, crc32
 SCHEMA_FILE, LOG_FILE = "schema.json", "transitions.log"
@@ -45,6 +48,18 @@ class TransitionLogError(RuntimeError):
 
 class CorruptRecordWarning(UserWarning):
     """A writer dropped a full-length last record whose checksum or header failed (see the module docstring)."""
+
+
+def _comparable(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with its observation spec's defaults filled in, so a log written before a spec field existed (the
+    ROI: the whole frame by default) matches a run that records the field with its default value."""
+    spec = meta.get("observation_spec")
+    if isinstance(spec, dict):
+        try:
+            return {**meta, "observation_spec": to_dict(from_dict(ObservationSpec, spec))}
+        except ConfigError:
+            pass  # not a spec of ours: compared as it is
+    return meta
 
 
 class Schema:
@@ -77,14 +92,14 @@ class Schema:
         before it was recorded, is not checked)."""
         if not self.meta or not other.meta:
             return
-        differing = [key for key in sorted(set(self.meta) | set(other.meta)) if key != "encoder_checkpoint"
-                     and self.meta.get(key) != other.meta.get(key)]  # fmt: skip
+        ours, others = _comparable(self.meta), _comparable(other.meta)
+        differing = [key for key in sorted(set(ours) | set(others)) if key != "encoder_checkpoint"
+                     and ours.get(key) != others.get(key)]  # fmt: skip
         if differing:
             key = differing[0]
             raise TransitionLogError(
-                f"{mine} and {theirs} come from different sources: {key} {self.meta.get(key)} vs "
-                f"{other.meta.get(key)} (encoders {self.meta.get('encoder_checkpoint')} and "
-                f"{other.meta.get('encoder_checkpoint')})"
+                f"{mine} and {theirs} come from different sources: {key} {ours.get(key)} vs {others.get(key)} "
+                f"(encoders {ours.get('encoder_checkpoint')} and {others.get('encoder_checkpoint')})"
             )
 
     def encode(self, transition: dict[str, np.ndarray]) -> bytes:
