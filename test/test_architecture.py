@@ -17,6 +17,7 @@ REAL_CELL_MODULES = (
     "msdp_perception.recorder_node",
     "msdp_perception.collect_node",
     "msdp_perception.ft_node",
+    "msdp_perception.camera_node",
     "msdp_policy.policy_node",
     "msdp_policy.learner_node",
     "msdp_policy.tasks",

@@ -142,3 +142,77 @@ def test_a_port_in_use_is_one_clear_error(config):
         taken.bind(("127.0.0.1", config.ft_port))
         with pytest.raises(RuntimeError, match="virtual cell: cannot serve on 127.0.0.1"):
             MujocoArm(EnvConfig(), virtual_cell=config)
+
+
+@pytest.mark.ros
+def test_the_real_sensor_nodes_read_the_virtual_cell_and_the_encoder_sees_every_token(tmp_path, config):
+    """Driver (virtual cell) -> MJPEG over HTTP -> camera_node, Net F/T over UDP -> ft_node, then the encoder node:
+    every token is present, and each embedding is what the in-process encoder makes of the same messages."""
+    import torch
+    from geometry_msgs.msg import WrenchStamped
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image, JointState
+
+    from msdp.vocabulary import stamp_seconds, wrench_array
+    from msdp_perception.checkpoint import save_encoder
+    from msdp_perception.encoder import FrozenEncoder, pack_embedding
+    from msdp_perception.messages import image_from_msg, proprio_from_joint_state
+    from msdp_perception.model import MSDPConfig, MSDPModel
+    from msdp_perception.observation import SensorSynchronizer
+    from ros_harness import Probe, node_process
+
+    torch.manual_seed(0)
+    model = MSDPModel(MSDPConfig(stem_channels=8, width=32, decoder_width=32))
+    checkpoint = save_encoder(tmp_path / "encoder", model)
+    encoder = FrozenEncoder(model)
+    sim = {"use_sim_time": True}
+    driver = {"backend": "mujoco", "marker_rate": 0.0, "sim_sensors": "virtual_cell",  # it publishes /clock
+              **{f"virtual_cell.{key}": getattr(config, key) for key in ("camera_port", "ft_port", "ft_http_port")},
+              "virtual_cell.counts_per_force": config.counts_per_force,
+              "virtual_cell.counts_per_torque": config.counts_per_torque}  # fmt: skip
+    camera = {"device": f"http://127.0.0.1:{config.camera_port}/stream.mjpg", **sim}
+    ft = {"sensor_ip": "127.0.0.1", "port": config.ft_port, "http_port": config.ft_http_port, **sim}
+    probe = Probe()
+    SENSOR = QoSProfile(depth=500, reliability=ReliabilityPolicy.BEST_EFFORT)  # noqa: N806 (what the sensors offer)
+    sync = SensorSynchronizer(model.config.observation_spec)
+    embeddings, reasons = [], []
+    size = model.config.image_size
+    probe.node.create_subscription(
+        Image, "/camera/image_raw", lambda m: sync.add_image(stamp_seconds(m.header), image_from_msg(m, size)), SENSOR
+    )
+    probe.node.create_subscription(
+        WrenchStamped, "/ft_sensor/wrench", lambda m: sync.add_wrench(stamp_seconds(m.header), wrench_array(m)), SENSOR
+    )
+
+    def on_joints(msg) -> None:
+        sync.add_joint_state(stamp_seconds(msg.header), proprio_from_joint_state(msg))
+
+    probe.node.create_subscription(JointState, "/joint_states", on_joints, SENSOR)
+
+    def on_embedding(msg) -> None:
+        rows = np.frombuffer(bytes(msg.data), np.float32).reshape(msg.height, msg.width)
+        observation = sync.observe(stamp_seconds(msg.header))
+        reasons.append(observation.reasons)
+        embeddings.append((rows, pack_embedding(encoder.encode(observation)) if observation.complete else None))
+
+    probe.node.create_subscription(Image, "/msdp/embedding", on_embedding, 50)
+    logs = {name: tmp_path / f"{name}.log" for name in ("driver", "camera", "ft", "encoder")}
+    try:
+        with (
+            node_process("msdp_franka_driver.driver_node", driver, logs["driver"]),
+            node_process("msdp_perception.camera_node", camera, logs["camera"]),
+            node_process("msdp_perception.ft_node", ft, logs["ft"]),
+            node_process("msdp_perception.encoder_node", {"checkpoint": str(checkpoint), **sim}, logs["encoder"]),
+        ):
+            # the probe's own subscriptions may match a little later than the encoder's: wait for 10 embeddings
+            # that both sides saw complete
+            complete = lambda: sum(mine is not None and not np.isnan(rows).any() for rows, mine in embeddings) >= 10  # noqa: E731
+            if not probe.spin_until(complete, 90):
+                tails = "\n".join(f"--- {name}:\n{path.read_text()[-1500:]}" for name, path in logs.items())
+                masked = [np.isnan(rows).any(axis=1).nonzero()[0].tolist() for rows, _ in embeddings[-3:]]
+                raise AssertionError(f"no complete embeddings ({len(embeddings)}, masked rows {masked})\n{tails}")
+        full = [(rows, mine) for rows, mine in embeddings if not np.isnan(rows).any()]
+        compared = [np.abs(rows - mine).max() for rows, mine in full if mine is not None]
+        assert len(compared) >= 10 and np.median(compared) < 1e-4, (compared, reasons[-5:])
+    finally:
+        probe.close()

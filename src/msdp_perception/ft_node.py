@@ -60,7 +60,9 @@ class FtNodeConfig:
     sensor_ip: str = field(default="192.168.1.1", metadata={"doc": "the Net F/T box's address (IPv4 or host name)"})
     port: int = field(default=RDT_PORT, metadata=param_range(1, 65535, "UDP port of the box's RDT server"))
     http_port: int = field(default=80, metadata=param_range(1, 65535, "TCP port of the box's web server"))
-    http_timeout: float = field(default=5.0, metadata=param_range(0.1, 60.0, "s, reading netftapi2.xml at start"))
+    http_timeout: float = field(
+        default=10.0, metadata=param_range(0.1, 120.0, "s to keep trying to read netftapi2.xml at start")
+    )
     rate: float = field(
         default=100.0, metadata=param_range(0.0, 10000.0, "Hz, wrenches published (mean of the records); 0 = each")
     )

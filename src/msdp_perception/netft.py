@@ -173,19 +173,25 @@ def calibration_url(host: str, http_port: int) -> str:
 
 
 def fetch_calibration(host: str, http_port: int = 80, timeout: float = 5.0) -> Calibration:
-    """Read the box's calibration page (no proxy: the box is on the local network); CalibrationError naming the
-    URL if it cannot be read or parsed."""
+    """Read the box's calibration page (no proxy: the box is on the local network), trying again while it cannot
+    be reached for up to ``timeout`` s (a box still booting, a virtual cell still starting); CalibrationError
+    naming the URL if it cannot be read or parsed."""
     url = calibration_url(host, http_port)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=timeout) as response:
-            text = response.read()
-    except urllib.error.HTTPError as exc:
-        raise CalibrationError(f"cannot read the calibration from {url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise CalibrationError(f"cannot read the calibration from {url}: {reason} (is the box on?)") from None
-    return parse_calibration(text, url)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with opener.open(url, timeout=max(0.1, deadline - time.monotonic())) as response:
+                return parse_calibration(response.read(), url)
+        except urllib.error.HTTPError as exc:
+            raise CalibrationError(f"cannot read the calibration from {url}: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            if time.monotonic() >= deadline:
+                reason = getattr(exc, "reason", exc)
+                raise CalibrationError(
+                    f"cannot read the calibration from {url} within {timeout:.0f} s: {reason} (is the box on?)"
+                ) from None
+            time.sleep(0.2)
 
 
 def resolve_calibration(
