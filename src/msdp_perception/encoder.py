@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from msdp.devices import resolve_device
 from msdp_perception.checkpoint import load_encoder
 from msdp_perception.messages import roi_overlay
 from msdp_perception.model import MSDPModel
@@ -73,22 +74,24 @@ def unpack_embedding(rows: np.ndarray) -> EncodedObservation:
 class FrozenEncoder:
     """An encoder checkpoint in eval mode, fed with raw ``Observation``s (normalisation is inside the model)."""
 
-    def __init__(self, model: MSDPModel):
-        self.model = model.eval().requires_grad_(False)
+    def __init__(self, model: MSDPModel, device: str = "cpu"):
+        self.device = resolve_device(device)
+        self.model = model.eval().requires_grad_(False).to(self.device)
         self.config = model.config
 
     @classmethod
-    def load(cls, checkpoint: str | Path) -> FrozenEncoder:
+    def load(cls, checkpoint: str | Path, device: str = "cpu") -> FrozenEncoder:
         model, _ = load_encoder(checkpoint)
-        return cls(model)
+        return cls(model, device)
 
     def _tensors(self, observations: list[Observation]) -> dict[str, torch.Tensor]:
-        return {
+        tensors = {
             "image": torch.from_numpy(np.stack([o.image for o in observations])),
             "wrench": torch.from_numpy(np.stack([o.wrench for o in observations]).astype(np.float32)),
             "proprio": torch.from_numpy(np.stack([o.proprio for o in observations]).astype(np.float32)),
             "present": torch.tensor([[o.present[m] for m in MODALITIES] for o in observations]),
         }
+        return {name: tensor.to(self.device) for name, tensor in tensors.items()}
 
     @torch.no_grad()
     def encode(self, observation: Observation) -> EncodedObservation:
@@ -96,7 +99,8 @@ class FrozenEncoder:
             raise ValueError("every sensor is masked: nothing to encode")
         b = self._tensors([observation])
         out = self.model.embed(b["image"], b["wrench"], b["proprio"], b["present"])
-        return EncodedObservation(out.tokens[0].numpy(), out.token_present[0].numpy(), out.pooled[0].numpy())
+        tokens, present, pooled = (t[0].cpu().numpy() for t in (out.tokens, out.token_present, out.pooled))
+        return EncodedObservation(tokens, present, pooled)
 
     @torch.no_grad()
     def reconstruction_panel(
@@ -113,15 +117,15 @@ class FrozenEncoder:
         c = self.config
         b = self._tensors([observation])
         b["action"] = self.model.normalizer.action_mean[None].clone()
-        keep = self.model.random_keep(b["present"], torch.Generator().manual_seed(seed))
+        keep = self.model.random_keep(b["present"].cpu(), torch.Generator().manual_seed(seed)).to(self.device)
         tokens = self.model.tokenize(b["image"], b["wrench"], b["proprio"])
         latents, ids, valid = self.model.encode_tokens(tokens, keep)
         action = b["action"] if c.objective == "prediction" else None
         decoded = self.model.unpatchify(self.model.decode(latents, ids, valid, action)["vision"])
         if action is None:  # MSDP-R: the reconstruction in place of what the encoder did not see
             decoded = self.model.show_mask(b["image"], keep, fill=decoded)
-        masked = self.model.show_mask(b["image"], keep)[0].numpy()
-        parts = [observation.image, masked, decoded[0].numpy()]
+        masked = self.model.show_mask(b["image"], keep)[0].cpu().numpy()
+        parts = [observation.image, masked, decoded[0].cpu().numpy()]
         if camera is None:
             return np.hstack(parts)
         scale = max(1, PANEL_HEIGHT // c.image_size)

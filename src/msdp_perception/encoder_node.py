@@ -36,6 +36,7 @@ from std_msgs.msg import String
 
 from msdp import vocabulary as vocab
 from msdp.config import ConfigError, param_range
+from msdp.devices import DEVICES
 from msdp.node import MsdpNode, ros_message, run_node
 from msdp.vocabulary import stamp_seconds
 from msdp_perception.checkpoint import CheckpointError, encoder_identity
@@ -50,6 +51,7 @@ class EncoderNodeConfig:
     rate: float = field(default=10.0, metadata=param_range(0.1, 100.0, "Hz, observations encoded"))
     reconstruction_rate: float = field(default=1.0, metadata=param_range(0.0, 30.0, "Hz, rviz preview; 0 = off"))
     threads: int = field(default=1, metadata=param_range(1, 64, "torch CPU threads (leave cores to other nodes)"))
+    device: str = field(default="cpu", metadata={"choices": DEVICES, "doc": "where the encoder runs (auto: a GPU)"})
     image_topic: str = field(default=vocab.IMAGE.name, metadata={"doc": "raw image topic (remapping works too)"})
     image_transport: str = field(
         default="raw", metadata={"choices": ("raw", "compressed"), "doc": "compressed: <image_topic>/compressed"}
@@ -67,8 +69,8 @@ class EncoderNode(MsdpNode):
     def __init__(self):
         super().__init__("msdp_encoder", EncoderNodeConfig)
         try:
-            self.encoder = FrozenEncoder.load(self.config.checkpoint)
-        except CheckpointError:
+            self.encoder = FrozenEncoder.load(self.config.checkpoint, self.config.device)
+        except (CheckpointError, ConfigError):
             super().destroy_node()
             raise
         model = self.encoder.config
