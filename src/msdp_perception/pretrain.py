@@ -213,7 +213,7 @@ def pretrain(
             value = out[key].detach().float()
             running[key] = 0.98 * running[key] + 0.02 * value if step else value
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{float(out['loss']):.3f}", refresh=False)
+            bar.set_postfix(loss=f"{float(out['loss'].detach()):.3f}", refresh=False)
         if (step + 1) % config.val_every == 0 or step + 1 == config.steps:
             row = {"step": step + 1, "seconds": time.monotonic() - started, **{k: float(v) for k, v in running.items()}}
             if len(val_idx):
