@@ -53,9 +53,9 @@ def generate_launch_description() -> LaunchDescription:
     camera_node = PythonExpression(["(", sensor_nodes, ") and '", arg("camera_topic"), "' == ''"])
     ft_node = PythonExpression(["(", sensor_nodes, ") and '", arg("ft"), "' == 'ati'"])
     camera_topic = PythonExpression(["'", arg("camera_topic"), "' or '", CAMERA_TOPIC, "'"])
-    wrench_topic = PythonExpression([
-        f"{{'ati': '{WRENCH_TOPIC}', 'franka_estimate': '{FRANKA_WRENCH}'}}.get('", arg("ft"), "', '", arg("ft"), "')"
-    ])  # fmt: skip
+    wrench_topic = PythonExpression(
+        [f"{{'ati': '{WRENCH_TOPIC}', 'franka_estimate': '{FRANKA_WRENCH}'}}.get('", arg("ft"), "', '", arg("ft"), "')"]
+    )  # fmt: skip (for the recorder; the encoder takes the source itself)
     return LaunchDescription(
         [
             DeclareLaunchArgument("backend", default_value="mujoco", description="mujoco | libfranka"),
@@ -134,9 +134,9 @@ def generate_launch_description() -> LaunchDescription:
                 output="screen",
                 parameters=[
                     os.path.join(share, "config", "encoder.yaml"),
-                    {"checkpoint": arg("checkpoint"), "use_sim_time": simulated},
+                    {"checkpoint": arg("checkpoint"), "wrench": arg("ft"), "use_sim_time": simulated},
                 ],
-                remappings=[(CAMERA_TOPIC, camera_topic), (WRENCH_TOPIC, wrench_topic)],
+                remappings=[(CAMERA_TOPIC, camera_topic)],
                 condition=IfCondition(PythonExpression(["'", arg("checkpoint"), "' != ''"])),
             ),
             Node(

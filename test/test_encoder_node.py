@@ -139,3 +139,47 @@ def test_an_encoder_on_the_wrong_clock_says_so(tmp_path):
         assert "behind this node's wall time" in message and "simulated time (/clock)" in message
     finally:
         probe.close()
+
+
+def test_the_encoder_takes_its_wrench_from_the_chosen_source(tmp_path):
+    """``wrench: franka_estimate`` reads the arm's own estimate: with the simulated sensors served elsewhere (no
+    /ft_sensor/wrench, no camera topic), F/T is present and vision masked; an unknown source is one line, exit 2."""
+    import socket
+    import subprocess
+    import sys
+
+    checkpoint = save_encoder(tmp_path / "encoder", MSDPModel(MSDPConfig(stem_channels=8, width=32, decoder_width=32)))
+    ports = {}
+    for name, kind in (("camera_port", socket.SOCK_STREAM), ("ft_port", socket.SOCK_DGRAM),
+                       ("ft_http_port", socket.SOCK_STREAM)):  # fmt: skip
+        with socket.socket(socket.AF_INET, kind) as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports[f"virtual_cell.{name}"] = sock.getsockname()[1]
+    driver = {"backend": "mujoco", "marker_rate": 0.0, "sim_sensors": "virtual_cell", **ports}
+    encoder = {"checkpoint": str(checkpoint), "wrench": "franka_estimate", "use_sim_time": True}
+    probe = Probe()
+    statuses = []
+    probe.node.create_subscription(
+        DiagnosticArray, "/diagnostics", lambda m: statuses.extend(s for s in m.status if "msdp_encoder" in s.name), 10
+    )
+    try:
+        with (
+            node_process("msdp_franka_driver.driver_node", driver, tmp_path / "driver.log"),
+            node_process("msdp_perception.encoder_node", encoder, tmp_path / "encoder.log"),
+        ):
+
+            def masked(status) -> dict[str, str]:
+                return {kv.key: kv.value for kv in status.values if kv.key.endswith("_masked")}
+
+            settled = lambda: any(masked(s) == {"vision_masked": "True", "ft_masked": "False",  # noqa: E731
+                                                "proprio_masked": "False"} for s in statuses)  # fmt: skip
+            assert probe.spin_until(settled, 60), [masked(s) for s in statuses][-3:]
+    finally:
+        probe.close()
+    result = subprocess.run(
+        [sys.executable, "-m", "msdp_perception.encoder_node", "--ros-args", "-p", f"checkpoint:={checkpoint}",
+         "-p", "wrench:=ati_sensor"], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "parameter 'wrench': 'ati_sensor' is not one of ati, franka_estimate" in (
+        result.stderr
+    ), result.stderr

@@ -44,6 +44,8 @@ from msdp_perception.encoder import EncoderInfo, FrozenEncoder, pack_embedding
 from msdp_perception.messages import SensorDataError, decode_image, preprocess, proprio_from_joint_state
 from msdp_perception.observation import MODALITIES, Observation, SensorSynchronizer, SyncConfig
 
+WRENCH_SOURCES = {"ati": vocab.WRENCH.name, "franka_estimate": vocab.EXTERNAL_WRENCH.name}
+
 
 @dataclass(frozen=True)
 class EncoderNodeConfig:
@@ -56,13 +58,26 @@ class EncoderNodeConfig:
     image_transport: str = field(
         default="raw", metadata={"choices": ("raw", "compressed"), "doc": "compressed: <image_topic>/compressed"}
     )
-    wrench_topic: str = vocab.WRENCH.name
+    wrench: str = field(
+        default="ati",
+        metadata={"doc": "the F/T source: ati (/ft_sensor/wrench), franka_estimate (/franka/external_wrench), or "
+                  "any WrenchStamped topic"},
+    )  # fmt: skip
     joint_topic: str = vocab.JOINT_STATES.name
     sync: SyncConfig = field(default_factory=SyncConfig)
+
+    @property
+    def wrench_topic(self) -> str:
+        return WRENCH_SOURCES.get(self.wrench, self.wrench)
 
     def check(self, prefix: str = "") -> None:
         if not self.checkpoint:
             raise ConfigError(f"parameter '{prefix}checkpoint' is required (an encoder from `msdp pretrain`)")
+        if not self.wrench_topic.startswith("/"):
+            raise ConfigError(
+                f"parameter '{prefix}wrench': {self.wrench!r} is not one of {', '.join(WRENCH_SOURCES)} nor a topic "
+                "like /my_sensor/wrench"
+            )
 
 
 class EncoderNode(MsdpNode):
