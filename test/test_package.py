@@ -8,6 +8,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -251,3 +252,21 @@ def test_demo_writes_its_report(tmp_path):
         assert known.returncode == 0, f"{match.group(1)} is no commit of the checkout {toplevel.stdout.strip()}"
     for name in ("report.png", "frames.png"):
         assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_the_launch_refuses_learning_without_an_encoder():
+    """launch/launch_ros are not installable here, so the launch file's own check runs on its own: learn:= with no
+    checkpoint:= stops the launch with the reason; with an encoder it starts."""
+    tree = ast.parse((ROOT / "launch" / "msdp.launch.py").read_text())
+    check = next(
+        n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "refuse_learning_without_an_encoder"
+    )
+    namespace: dict = {}
+    exec(compile(ast.Module(body=[check], type_ignores=[]), "msdp.launch.py", "exec"), namespace)  # noqa: S102
+    refuse = namespace[check.name]
+    with pytest.raises(RuntimeError, match="learn:= needs checkpoint:="):
+        refuse(SimpleNamespace(launch_configurations={"learn": "runs/online", "checkpoint": ""}))
+    assert (
+        refuse(SimpleNamespace(launch_configurations={"learn": "runs/online", "checkpoint": "enc.safetensors"})) == []
+    )
+    assert refuse(SimpleNamespace(launch_configurations={"learn": "", "checkpoint": ""})) == []
