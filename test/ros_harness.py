@@ -21,11 +21,15 @@ from rclpy.node import Node
 
 
 @contextmanager
-def node_process(module: str, params: dict[str, object], log: Path) -> Iterator[subprocess.Popen]:
-    """Run ``python -m module --ros-args -p k:=v ...``; output goes to ``log``; killed on exit."""
+def node_process(
+    module: str, params: dict[str, object], log: Path, remaps: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """Run ``python -m module --ros-args -p k:=v ... -r from:=to ...``; output goes to ``log``; killed on exit."""
     args = [sys.executable, "-m", module, "--ros-args"]
     for key, value in params.items():
         args += ["-p", f"{key}:={value}"]
+    for name, target in (remaps or {}).items():
+        args += ["-r", f"{name}:={target}"]
     with open(log, "w") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ)
     try:

@@ -15,8 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import cv2
 import numpy as np
@@ -312,26 +310,6 @@ def test_bad_parameters_and_missing_files_stop_the_node_with_one_line(tmp_path):
 
 
 # -- the encoder on another driver's topics ---------------------------------------------------------------------
-@contextmanager
-def ros_node(module: str, ros_args: list[str], log) -> Iterator[subprocess.Popen]:
-    """``python -m module --ros-args ...`` (parameters and remappings), in its own process group, stopped on exit."""
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", module, "--ros-args", *ros_args],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ,
-        )  # fmt: skip
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
 def test_the_encoder_reads_a_remapped_raw_or_compressed_640x480_stream_through_its_roi(tmp_path):
     """Like a RealSense's /camera/camera/color/image_raw (bgr8) and its /compressed: the encoder is remapped, not
     reconfigured, and sees the ROI stored with it; one encoder per transport, side by side."""
@@ -371,19 +349,17 @@ def test_the_encoder_reads_a_remapped_raw_or_compressed_640x480_stream_through_i
         probe.node.create_subscription(Image, f"/{kind}/embedding", embeddings[kind].append, 10)
     probe.node.create_subscription(Image, "/raw/reconstruction", panels.append, 10)
 
-    def args(kind: str) -> list[str]:
-        return [
-            "-p", f"checkpoint:={checkpoint}", "-p", f"image_transport:={kind}", "-p", "reconstruction_rate:=2.0",
-            "-r", f"__node:=encoder_{kind}", "-r", "/camera/image_raw:=/cam/color/image_raw",
-            "-r", f"/msdp/embedding:=/{kind}/embedding", "-r", f"/msdp/reconstruction:=/{kind}/reconstruction",
-            "-r", f"/msdp/encoder:=/{kind}/encoder",
-        ]  # fmt: skip
+    def encoder_node(kind: str):
+        params = {"checkpoint": checkpoint, "image_transport": kind, "reconstruction_rate": 2.0}
+        remaps = {
+            "__node": f"encoder_{kind}", "/camera/image_raw": "/cam/color/image_raw",
+            "/msdp/embedding": f"/{kind}/embedding", "/msdp/reconstruction": f"/{kind}/reconstruction",
+            "/msdp/encoder": f"/{kind}/encoder",
+        }  # fmt: skip
+        return node_process("msdp_perception.encoder_node", params, tmp_path / f"{kind}.log", remaps)
 
     try:
-        with (
-            ros_node("msdp_perception.encoder_node", args("raw"), tmp_path / "raw.log"),
-            ros_node("msdp_perception.encoder_node", args("compressed"), tmp_path / "compressed.log"),
-        ):
+        with encoder_node("raw"), encoder_node("compressed"):
 
             def publish_until(condition, timeout: float) -> bool:
                 deadline = time.monotonic() + timeout
