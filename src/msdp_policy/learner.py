@@ -38,8 +38,6 @@ class Learner:
         if agent.config.rlpd and not offline:
             raise ValueError("RLPD needs offline transition logs in the replay")
         for log in offline:
-            if log.reader.schema.fields != replay.reader.schema.fields:
-                raise ValueError(f"offline log {log.reader.folder} stores other fields than {replay.reader.folder}")
             replay.reader.schema.check_same_source(log.reader.schema, str(replay.reader.folder), str(log.reader.folder))
 
     def env_steps(self) -> int:

@@ -96,8 +96,6 @@ class Trainer:
         try:  # the offline logs are checked before the run writes anything
             offline_logs = [Replay(TransitionReader(folder)) for folder in offline]
             for log in offline_logs:
-                if log.reader.schema.fields != self.schema.fields:
-                    raise TransitionLogError(f"{log.reader.folder} stores other fields than this run's log")
                 self.schema.check_same_source(log.reader.schema, f"{out_dir / 'transitions'}", str(log.reader.folder))
         except TransitionLogError as exc:
             raise ConfigError(f"--offline: {exc}") from exc

@@ -88,8 +88,10 @@ class Schema:
             raise TransitionLogError(f"{where}: not a transition log schema ({exc})") from exc
 
     def check_same_source(self, other: Schema, mine: str, theirs: str) -> None:
-        """Refuse mixing logs made by different encoders or with different specs (a log without ``meta``, from
-        before it was recorded, is not checked)."""
+        """Refuse mixing logs that store other fields, or were made by different encoders or with different specs
+        (``meta`` of a log from before it was recorded is not checked)."""
+        if self.fields != other.fields:
+            raise TransitionLogError(f"{theirs} stores other fields than {mine}: {other.fields}, not {self.fields}")
         if not self.meta or not other.meta:
             return
         ours, others = _comparable(self.meta), _comparable(other.meta)
@@ -154,10 +156,6 @@ class TransitionWriter:
         if schema_path.exists():
             existing = Schema.from_json(schema_path.read_text(), schema_path)
             existing.check_same_source(schema, str(schema_path), "this run")
-            if existing.fields != schema.fields:
-                raise TransitionLogError(
-                    f"{schema_path}: the log was written with fields {existing.fields}, not {schema.fields}"
-                )
         else:
             schema_path.write_text(schema.to_json())
         data = self.path.read_bytes() if self.path.exists() else b""
