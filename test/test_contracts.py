@@ -137,3 +137,18 @@ def test_a_log_from_before_the_roi_mixes_with_one_that_records_the_whole_frame(e
     schema_file.write_text(json.dumps(schema))
     with pytest.raises(TransitionLogError, match="observation_spec"):
         write_log(tmp_path / "old", first)
+
+
+def test_logs_that_store_other_fields_are_not_mixed(encoders, tmp_path):
+    """A log of another layout (here: a 3-D action) is refused by a writer that would append to it and by RLPD."""
+    first, _ = encoders
+    write_log(tmp_path / "online", first)
+    meta = log_meta(first, ENCODER, ActionSpec(dim=3))
+    with pytest.raises(TransitionLogError, match="this run stores other fields than .*schema.json"):
+        TransitionWriter(tmp_path / "online", transition_schema("msdp_frozen", ENCODER, 3, meta), durable=False)
+    TransitionWriter(tmp_path / "other", transition_schema("msdp_frozen", ENCODER, 3, meta), durable=False).close()
+    agent = SACAgent(AGENT, ENCODER.width, ENCODER.n_tokens, 4)
+    with pytest.raises(TransitionLogError, match="other stores other fields than .*online"):
+        Learner(
+            agent, Replay(TransitionReader(tmp_path / "online")), [Replay(TransitionReader(tmp_path / "other"))], 1, 0
+        )
