@@ -189,7 +189,7 @@ def fetch_calibration(host: str, http_port: int = 80, timeout: float = 5.0) -> C
             if time.monotonic() >= deadline:
                 reason = getattr(exc, "reason", exc)
                 raise CalibrationError(
-                    f"cannot read the calibration from {url} within {timeout:.0f} s: {reason} (is the box on?)"
+                    f"cannot read the calibration from {url} within {timeout:g} s: {reason} (is the box on?)"
                 ) from None
             time.sleep(0.2)
 
