@@ -175,3 +175,17 @@ def test_online_episodes_refuse_non_finite_poses_goals_and_embeddings(tmp_path):
     second = episodes.step(embedding_rows(2.0), above, down)  # the episode goes on from the last good step
     assert writer.count == 1 and np.isfinite(second.reward)
     writer.close()
+
+
+def test_sparse_reward_and_success_thresholds_follow_the_task_config():
+    goal = {"hole_position": np.array([0.5, 0.0, 0.02]), "hole_yaw": np.array(0.0)}
+    down = np.array([1.0, 0.0, 0.0, 0.0])
+    top = 0.02 + HOLE_DEPTH
+    inside = np.array([0.5, 0.008, top - 0.03])  # 30 mm deep, 8 mm off the axis
+    above = np.array([0.5, 0.0, top + 0.05])
+    shaped, sparse = PegInsertion(), PegInsertion(TaskConfig(reward="sparse"))
+    assert shaped.score_state(inside, down, goal).success and shaped.score_state(above, down, goal).reward < -0.05
+    assert sparse.score_state(inside, down, goal).reward == 1.0
+    assert sparse.score_state(above, down, goal).reward == 0.0
+    assert not PegInsertion(TaskConfig(success_depth=0.035)).score_state(inside, down, goal).success
+    assert not PegInsertion(TaskConfig(success_lateral=0.005)).score_state(inside, down, goal).success

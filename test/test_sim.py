@@ -7,7 +7,7 @@ import pytest
 from msdp_franka_driver.control_law import ImpedanceConfig
 from msdp_franka_driver.sim.config import EnvConfig
 from msdp_franka_driver.sim.env import FrankaTaskEnv
-from msdp_franka_driver.sim.scenes import HOLE_CHAMFER, HOLE_XY_RANGE
+from msdp_franka_driver.sim.scenes import HOLE_CHAMFER
 from msdp_policy.tasks import HOLE_CLEARANCE, HOLE_DEPTH, TaskConfig, hole_inradius
 
 
@@ -56,7 +56,7 @@ def test_the_chamfer_guides_a_peg_pushed_down_off_centre_into_the_hole(offset, g
     beside = hole[:2] + [-offset, 0.0]  # towards the wall at pi, which one face of the peg is parallel to
     _, down = env.sim.tcp_pose()
     settle(env, np.array([*beside, top + 0.01]), down, 1.0)
-    settle(env, np.array([*beside, top - env.task.success_depth - 0.01]), down, 2.0)
+    settle(env, np.array([*beside, top - env.task.config.success_depth - 0.01]), down, 2.0)
     score = env.task.score(env.sim)
     tip, _ = env.sim.tcp_pose()
     assert score.success == goes_in
@@ -103,7 +103,7 @@ def test_the_camera_sees_the_whole_hole_at_the_edges_of_its_random_range(corner)
     env = make_env()
     env.reset(seed=0)
     model = env.sim.model
-    xy = np.array([0.5, 0.0]) + HOLE_XY_RANGE * np.array(corner)
+    xy = np.array([0.5, 0.0]) + TaskConfig().hole_xy_range * np.array(corner)
     env.task.place_hole(env.sim, xy, corner[0] * env.config.task.hole_yaw_range)
     mujoco.mj_forward(model, env.sim.data)
     renderer = mujoco.Renderer(model, 64, 64)
@@ -130,7 +130,7 @@ def test_scripted_policy_inserts_the_peg_at_the_nominal_hole_yaw(seed):
             break
     assert success
     tip, _ = env.sim.tcp_pose()
-    assert tip[2] <= info["hole_position"][2] + HOLE_DEPTH - env.task.success_depth
+    assert tip[2] <= info["hole_position"][2] + HOLE_DEPTH - env.task.config.success_depth
     assert reward > -0.03
     env.close()
 

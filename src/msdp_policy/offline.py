@@ -74,7 +74,7 @@ def offline_log_from_bags(
             check_reward_topics(bag, reader.topics)
     model, _ = load_encoder(encoder_checkpoint)
     model.eval()
-    task_code = make_task(task.name)
+    task_code = make_task(task)
     spec = action_spec(task)
     meta = log_meta(encoder_checkpoint, model.config, spec)
     schema = transition_schema("msdp_frozen", model.config, task_code.action_dim, meta)

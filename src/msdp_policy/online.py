@@ -51,7 +51,7 @@ class OnlineEpisodes:
         random_steps: int = 0,
         seed: int = 0,
     ):
-        self.task_config, self.task, self.action_spec = task, make_task(task.name), action_spec(task)
+        self.task_config, self.task, self.action_spec = task, make_task(task), action_spec(task)
         self.low, self.high = np.array(workspace[0]), np.array(workspace[1])
         self.writer, self.actor = writer, actor
         self.deterministic, self.random_steps = deterministic, random_steps

@@ -96,7 +96,7 @@ class PolicyNode(MsdpNode):
                 raise ConfigError(
                     "parameter 'policy' or 'encoder_checkpoint' is required: the actor acts on one encoder's embeddings"
                 )
-            task = make_task(c.task.name)
+            task = make_task(c.task)
             try:
                 task.state_from_goal(np.zeros(3), 0.0)
             except NotImplementedError as exc:

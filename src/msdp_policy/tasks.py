@@ -3,8 +3,8 @@ what an action asks of the arm. Plain numpy, no simulator.
 
 The simulator (``msdp_franka_driver.sim.scenes``) extends each task with its scene (objects, randomisation,
 ground-truth state); the policy node scores the same way from the tool pose and a goal (published by the
-simulated driver, or taught on a real cell). Rewards are dense negative distances, as in panda-gym, which
-the paper's tasks use.
+simulated driver, or taught on a real cell). Rewards are dense negative distances by default, as in panda-gym,
+which the paper's simulated tasks use; ``reward: sparse`` gives the +1 at success of its real-robot peg task.
 """
 
 from __future__ import annotations
@@ -38,6 +38,17 @@ class TaskConfig:
     max_step: float = field(default=0.02, metadata=param_range(0.001, 0.05, "m per policy step per axis"))
     max_yaw_step: float = field(default=0.1, metadata=param_range(0.0, 0.5, "rad per policy step"))
     hole_yaw_range: float = field(default=0.5, metadata=param_range(0.0, math.pi / 3, "rad, +-, peg task"))
+    hole_xy_range: float = field(
+        default=0.08, metadata=param_range(0.0, 0.1, "m, +- about (0.5, 0), simulated peg; 0 = a fixed fixture")
+    )
+    reward: str = field(
+        default="shaped",
+        metadata={"choices": ("shaped", "sparse"), "doc": "shaped: -distance to goal; sparse: +1 at success"},
+    )
+    success_depth: float = field(default=0.025, metadata=param_range(0.001, 0.04, "m, peg tip below the fixture top"))
+    success_lateral: float = field(
+        default=0.0, metadata=param_range(0.0, 0.05, "m, peg tip off the hole axis at most; 0 = the hole's inradius")
+    )
     image_noise_std: float = field(default=0.0, metadata=param_range(0.0, 128.0, "pixel intensity (0-255)"))
     ft_noise_std: float = field(default=0.0, metadata=param_range(0.0, 50.0, "N and Nm"))
     object_mass_scale: float = field(default=1.0, metadata=param_range(0.1, 10.0, "x nominal mass"))
@@ -62,10 +73,20 @@ def wrap_angle(angle: float, period: float = 2 * math.pi) -> float:
 
 
 class Task:
-    """Scoring of one task; ``state`` holds the object states scoring needs (ground truth or a goal)."""
+    """Scoring of one task; ``state`` holds the object states scoring needs (ground truth or a goal).
+
+    ``config`` carries the reward kind (``shaped`` or the paper's real-robot ``sparse`` +1 at success) and the
+    task's success thresholds."""
 
     name = ""
     action_dim = 3
+
+    def __init__(self, config: TaskConfig | None = None):
+        self.config = config if config is not None else TaskConfig(name=self.name)
+
+    def reward(self, shaped: float, success: bool) -> float:
+        """The configured reward: the task's shaped reward, or +1 at success and 0 otherwise."""
+        return shaped if self.config.reward == "shaped" else float(success)
 
     def score_state(self, tip: np.ndarray, orientation: np.ndarray, state: dict[str, np.ndarray]) -> Score:
         """Reward and success from the tool pose and the task state (the simulator's, or a measured goal)."""
@@ -95,11 +116,14 @@ def peg_yaw_error(orientation: np.ndarray, hole_yaw: float) -> float:
 
 
 class PegInsertion(Task):
-    """A triangular peg into a triangular hole: success is the tip deeper than ``success_depth`` inside it."""
+    """A triangular peg into a triangular hole: success is the tip deeper than ``success_depth`` below the fixture
+    top, within ``success_lateral`` of the hole's axis."""
 
     name = "peg"
     action_dim = 4
-    success_depth = 0.025  # m below the fixture top
+
+    def lateral_tolerance(self) -> float:
+        return self.config.success_lateral or hole_inradius()
 
     def goal_pose(self, state):
         return np.asarray(state["hole_position"], dtype=float), float(state["hole_yaw"])
@@ -109,13 +133,14 @@ class PegInsertion(Task):
 
     def score_state(self, tip, orientation, state):
         hole = np.asarray(state["hole_position"], dtype=float)
-        goal = hole + np.array([0.0, 0.0, HOLE_DEPTH - self.success_depth - 0.005])
+        depth_needed = self.config.success_depth
+        goal = hole + np.array([0.0, 0.0, HOLE_DEPTH - depth_needed - 0.005])
         lateral = float(np.linalg.norm(tip[:2] - hole[:2]))
         depth = hole[2] + HOLE_DEPTH - tip[2]
-        success = depth >= self.success_depth and lateral < hole_inradius()
+        success = bool(depth >= depth_needed and lateral < self.lateral_tolerance())
         yaw_error = peg_yaw_error(orientation, float(state["hole_yaw"]))
-        reward = -float(np.linalg.norm(tip - goal)) - 0.05 * abs(yaw_error)
-        return Score(reward, bool(success), False)
+        shaped = -float(np.linalg.norm(tip - goal)) - 0.05 * abs(yaw_error)
+        return Score(self.reward(shaped, success), success, False)
 
 
 class PushCube(Task):
@@ -127,8 +152,9 @@ class PushCube(Task):
     def score_state(self, tip, orientation, state):
         cube, goal = state["cube_position"], state["goal_position"]
         to_goal = float(np.linalg.norm(cube[:2] - goal[:2]))
-        reward = -to_goal - 0.5 * float(np.linalg.norm(tip - cube))
-        return Score(reward, to_goal < self.success_distance, bool(cube[2] < 0.0))
+        success = to_goal < self.success_distance
+        shaped = -to_goal - 0.5 * float(np.linalg.norm(tip - cube))
+        return Score(self.reward(shaped, success), success, bool(cube[2] < 0.0))
 
 
 class CloseDrawer(Task):
@@ -143,21 +169,23 @@ class CloseDrawer(Task):
         opening, speed = float(state["opening"]), abs(float(state["opening_speed"]))
         front = state["front_position"]
         reach = float(np.linalg.norm(tip - (front + np.array([-0.01, 0.0, 0.0]))))
-        reward = -opening - 0.3 * reach - 0.5 * max(0.0, speed - self.gentle_speed)
-        success = opening < self.closed_tolerance and speed < self.gentle_speed
+        shaped = -opening - 0.3 * reach - 0.5 * max(0.0, speed - self.gentle_speed)
+        success = bool(opening < self.closed_tolerance and speed < self.gentle_speed)
         slammed = opening < 2 * self.closed_tolerance and speed > self.slam_speed
-        return Score(reward, bool(success), bool(slammed))
+        return Score(self.reward(shaped, success), success, bool(slammed))
 
 
 TASKS: dict[str, type[Task]] = {task.name: task for task in (PegInsertion, PushCube, CloseDrawer)}
 
 
-def make_task(name: str, registry: Mapping[str, type[T]] = TASKS) -> T:
-    """The task called ``name`` from ``registry`` (the scorers here, or the simulator's scenes)."""
+def make_task(config: TaskConfig, registry: Mapping[str, type[T]] = TASKS) -> T:
+    """The task ``config.name`` from ``registry`` (the scorers here, or the simulator's scenes), scoring as
+    ``config`` says."""
     try:
-        return registry[name]()
+        task = registry[config.name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(registry)}") from None
+        raise ValueError(f"unknown task {config.name!r}; choose one of {', '.join(registry)}") from None
+    return task(config)
 
 
 def action_spec(config: TaskConfig) -> ActionSpec:

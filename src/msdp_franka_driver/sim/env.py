@@ -27,7 +27,7 @@ class FrankaTaskEnv:
 
     def __init__(self, config: EnvConfig | None = None):
         self.config = config or EnvConfig()
-        self.task = make_scene(self.config.task.name)
+        self.task = make_scene(self.config.task)
         self.action_spec = action_spec(self.config.task)
         xml = scene_xml(self.task.tool_xml(), self.task.objects_xml(), self.task.tool_mass, self.task.tool_com)
         self.sim = SimulatedFranka(xml, self.config.impedance, self.config.safety, self.config.sim)

@@ -31,7 +31,6 @@ PEG_LENGTH = 0.06
 HOLE_CHAMFER = 0.005  # m, 45 degree lead-in at the mouth of the hole
 # Clearance (msdp_policy.tasks.HOLE_CLEARANCE) and lead-in forgive about the 5-8 mm that the 64x64 camera
 # (about 5 mm per pixel) resolves (scripts/insertion_tolerance.py measures it; README "Results").
-HOLE_XY_RANGE = 0.08  # m, +- about the nominal hole position (0.5, 0)
 FIXTURE_BASE = 0.02  # m of solid block under the hole: its floor is inside the workspace box
 ROUND_PEG_RADIUS = 0.012
 ROUND_PEG_LENGTH = 0.08
@@ -145,7 +144,7 @@ class PegScene(Scene, PegInsertion):
         sim.model.body_quat[fixture] = [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
 
     def randomize(self, sim, rng, config):
-        hole_xy = np.array([0.5, 0.0]) + rng.uniform(-HOLE_XY_RANGE, HOLE_XY_RANGE, 2)
+        hole_xy = np.array([0.5, 0.0]) + rng.uniform(-config.hole_xy_range, config.hole_xy_range, 2)
         self.place_hole(sim, hole_xy, rng.uniform(-config.hole_yaw_range, config.hole_yaw_range))
         sim.model.geom_friction[self.wall_geoms(sim.model), 0] = 0.8 * config.object_friction_scale
         start = np.array([hole_xy[0], hole_xy[1], FIXTURE_BASE + HOLE_DEPTH]) + np.array(
@@ -177,7 +176,7 @@ class PegScene(Scene, PegInsertion):
         inside = tip[2] < top - 0.002
         aligned = np.linalg.norm(lateral) < 0.8 * tasks.HOLE_CLEARANCE and abs(yaw_error) < 0.05
         if inside or aligned:
-            target_z = top - self.success_depth - 0.01
+            target_z = top - self.config.success_depth - 0.01
         else:
             target_z = top + 0.015
         dz = target_z - tip[2]
@@ -284,5 +283,5 @@ class CloseDrawerScene(Scene, CloseDrawer):
 SCENES: dict[str, type[Scene]] = {scene.name: scene for scene in (PegScene, PushCubeScene, CloseDrawerScene)}
 
 
-def make_scene(name: str) -> Scene:
-    return make_task(name, SCENES)
+def make_scene(config: TaskConfig) -> Scene:
+    return make_task(config, SCENES)
