@@ -58,12 +58,18 @@ ACTOR_WEIGHTS = Topic("/msdp/actor_weights", "std_msgs/msg/UInt8MultiArray", LAT
 MARKERS = Topic("/msdp/markers", "visualization_msgs/msg/MarkerArray", COMMAND)
 DIAGNOSTICS = Topic("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", RELIABLE)
 CLOCK = Topic("/clock", "rosgraph_msgs/msg/Clock", RELIABLE)
+# Episodes on a cell: JSON of msdp_policy.episodes.EpisodeResult (one per ended episode) or of an episode's start
+EPISODE = Topic("/msdp/episode", "std_msgs/msg/String", RELIABLE)
+# The operator (teleop node): a displacement like ACTION's while the operator drives, and its key/button events
+OPERATOR_ACTION = Topic("/msdp/operator/action", "geometry_msgs/msg/TwistStamped", COMMAND)
+OPERATOR_EVENT = Topic("/msdp/operator/event", "std_msgs/msg/String", RELIABLE)
 
-RECORDED = (IMAGE, WRENCH, JOINT_STATES, EE_POSE, EQUILIBRIUM_POSE, ACTION, EMBEDDING, TASK_GOAL, REWARD)
+RECORDED = (IMAGE, WRENCH, JOINT_STATES, EE_POSE, EQUILIBRIUM_POSE, ACTION, EMBEDDING, TASK_GOAL, REWARD, EPISODE)
 
 DRIVER_NODE = "franka_driver"
 RESET_SERVICE = "~/reset"
 RECOVER_SERVICE = "~/recover"
+HAND_GUIDE_SERVICE = "~/hand_guide"  # std_srvs/SetBool: true = low stiffness, the arm follows a person's hand
 DRIVER_RUNNING = "running"  # the driver status when the arm follows targets; anything else is a fault
 
 
