@@ -142,6 +142,27 @@ class PegInsertion(Task):
         shaped = -float(np.linalg.norm(tip - goal)) - 0.05 * abs(yaw_error)
         return Score(self.reward(shaped, success), success, False)
 
+    def expert_action(self, tip: np.ndarray, orientation: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
+        """Scripted expert: align xy and yaw above the hole, descend when aligned, lift off when jammed.
+
+        For demonstrations, rehearsals, tests and data collection (told the hole by the simulator, or a taught
+        goal). Lateral correction never stops; the peg goes down only when it is aligned within the clearance
+        or already inside the hole, so it never pushes on the hole's edge.
+        """
+        hole = np.asarray(state["hole_position"], dtype=float)
+        top = hole[2] + HOLE_DEPTH
+        lateral = hole[:2] - tip[:2]
+        yaw_error = peg_yaw_error(orientation, float(state["hole_yaw"]))
+        inside = tip[2] < top - 0.002
+        aligned = np.linalg.norm(lateral) < 0.8 * HOLE_CLEARANCE and abs(yaw_error) < 0.05
+        target_z = top - self.config.success_depth - 0.01 if inside or aligned else top + 0.015
+        dz = target_z - tip[2]
+        if tip[2] < top + 0.02:
+            dz = np.clip(dz, -0.005, 0.005)  # slow near the hole: fast descents drag the tip sideways
+        c = self.config
+        action = np.array([*(lateral / c.max_step), dz / c.max_step, yaw_error / max(c.max_yaw_step, 1e-6)])
+        return np.clip(action, -1.0, 1.0)
+
 
 class PushCube(Task):
     """A held round peg pushes a cube to a goal on the table."""

@@ -90,7 +90,7 @@ class FrankaTaskEnv:
         expert = getattr(self.task, "scripted_action", None)
         if expert is None:
             raise NotImplementedError(f"task {self.task.name} has no scripted policy")
-        return expert(self.sim, self.config.task)
+        return expert(self.sim)
 
     def close(self) -> None:
         self.sim.close()

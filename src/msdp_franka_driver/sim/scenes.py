@@ -12,7 +12,6 @@ import math
 import numpy as np
 
 from msdp_franka_driver.sim.physics import SimulatedFranka
-from msdp_policy import tasks
 from msdp_policy.tasks import (
     DOWN,
     HOLE_DEPTH,
@@ -162,29 +161,9 @@ class PegScene(Scene, PegInsertion):
         _, orientation = sim.tcp_pose()
         return peg_yaw_error(orientation, float(self.privileged_state(sim)["hole_yaw"]))
 
-    def scripted_action(self, sim: SimulatedFranka, config: TaskConfig) -> np.ndarray:
-        """Privileged expert: align xy and yaw above the hole, descend when aligned, lift off when jammed.
-
-        For demos, tests and data collection. Lateral correction never stops; the peg goes down only when it
-        is aligned within the clearance or already inside the hole, so it never pushes on the hole's edge.
-        """
-        tip, _ = sim.tcp_pose()
-        hole = self.privileged_state(sim)["hole_position"]
-        top = hole[2] + HOLE_DEPTH
-        lateral = hole[:2] - tip[:2]
-        yaw_error = self.yaw_error(sim)
-        inside = tip[2] < top - 0.002
-        aligned = np.linalg.norm(lateral) < 0.8 * tasks.HOLE_CLEARANCE and abs(yaw_error) < 0.05
-        if inside or aligned:
-            target_z = top - self.config.success_depth - 0.01
-        else:
-            target_z = top + 0.015
-        dz = target_z - tip[2]
-        if tip[2] < top + 0.02:
-            dz = np.clip(dz, -0.005, 0.005)  # slow near the hole: fast descents drag the tip sideways
-        displacement = np.array([*lateral, dz])
-        action = np.concatenate([displacement / config.max_step, [yaw_error / max(config.max_yaw_step, 1e-6)]])
-        return np.clip(action, -1.0, 1.0)
+    def scripted_action(self, sim: SimulatedFranka) -> np.ndarray:
+        """Privileged expert: the task's expert (``PegInsertion.expert_action``) told the true hole pose."""
+        return self.expert_action(*sim.tcp_pose(), self.privileged_state(sim))
 
 
 class PushCubeScene(Scene, PushCube):
