@@ -27,7 +27,7 @@ setup(
             "msdp = msdp.cli:main",
             "driver_node = msdp_franka_driver.driver_node:main",
             "recorder_node = msdp_perception.recorder_node:main",
-            "collect_node = msdp_perception.collect_node:main",
+            "teleop_node = msdp_policy.teleop_node:main",
             "encoder_node = msdp_perception.encoder_node:main",
             "camera_node = msdp_perception.camera_node:main",
             "ft_node = msdp_perception.ft_node:main",

@@ -2,8 +2,8 @@
 
     ros2 launch msdp collect.launch.py episodes:=20 out:=bags/play task:=peg real_time_factor:=3.0
 
-The collector exits after its episodes; stop the launch (Ctrl-C) then, which closes the bag. Collector and
-recorder run on simulated time (/clock); the driver's sensor rates are rates of simulated time.
+The teleop node (random play) exits after its episodes; stop the launch (Ctrl-C) then, which closes the bag.
+Teleop node and recorder run on simulated time (/clock); the driver's sensor rates are rates of simulated time.
 """
 
 import os
@@ -52,10 +52,17 @@ def generate_launch_description() -> LaunchDescription:
             ),
             Node(
                 package="msdp",
-                executable="collect_node",
-                name="collector",
+                executable="teleop_node",
+                name="teleop",
                 output="screen",
-                parameters=[{"task.name": task, "episodes": LaunchConfiguration("episodes"), "use_sim_time": True}],
+                parameters=[
+                    {
+                        "task.name": task,
+                        "episodes": LaunchConfiguration("episodes"),
+                        "operator_kind": "random",
+                        "use_sim_time": True,
+                    }
+                ],
             ),
         ]
     )

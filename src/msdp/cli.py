@@ -160,13 +160,24 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _collect_ros(args: argparse.Namespace) -> int:
-    from msdp_perception.collect_node import run_collection
+    from msdp.processes import NodeDied, NodeGroup
     from msdp_perception.dataset import BagDataset
 
     out = Path(args.out)
     if out.exists():
         raise ConfigError(f"--out {out} already exists; a recording needs a new folder")
-    code = run_collection(out, args.episodes, args.task, args.real_time_factor, args.steps, args.seed)
+    shared = {"task.name": args.task, "task.max_episode_steps": args.steps}
+    with NodeGroup() as nodes:  # what collect.launch.py runs; node output goes to this terminal
+        nodes.start("driver", "msdp_franka_driver.driver_node",
+                    {**shared, "backend": "mujoco", "real_time_factor": args.real_time_factor, "seed": args.seed})
+        nodes.start("recorder", "msdp_perception.recorder_node", {"output": str(out), "use_sim_time": True})
+        nodes.start("teleop", "msdp_policy.teleop_node", {**shared, "episodes": args.episodes, "seed": args.seed,
+                    "operator_kind": "random", "use_sim_time": True})  # fmt: skip
+        try:
+            code = nodes.wait("teleop")
+        except NodeDied as exc:
+            print(f"msdp collect-ros: {exc} during collection; partial bag in {out}", file=sys.stderr)
+            return 1
     if code != 0:
         print(f"msdp collect-ros: the collection failed (exit {code}); partial bag in {out}", file=sys.stderr)
         return code
