@@ -168,8 +168,11 @@ def _collect_ros(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out} already exists; a recording needs a new folder")
     shared = {"task.name": args.task, "task.max_episode_steps": args.steps}
     with NodeGroup() as nodes:  # what collect.launch.py runs; node output goes to this terminal
-        nodes.start("driver", "msdp_franka_driver.driver_node",
-                    {**shared, "backend": "mujoco", "real_time_factor": args.real_time_factor, "seed": args.seed})
+        nodes.start(
+            "driver",
+            "msdp_franka_driver.driver_node",
+            {**shared, "backend": "mujoco", "real_time_factor": args.real_time_factor, "seed": args.seed},
+        )
         nodes.start("recorder", "msdp_perception.recorder_node", {"output": str(out), "use_sim_time": True})
         nodes.start("teleop", "msdp_policy.teleop_node", {**shared, "episodes": args.episodes, "seed": args.seed,
                     "operator_kind": "random", "use_sim_time": True})  # fmt: skip
@@ -290,7 +293,8 @@ def _offline_log(args: argparse.Namespace) -> int:
     from msdp_policy.tasks import TaskConfig
 
     set_threads(args.threads)
-    task = from_dict(TaskConfig, {"name": args.task})
+    overrides = [(key.removeprefix("task."), value) for key, value in args.set]
+    task = from_dict(TaskConfig, apply_overrides({"name": args.task}, overrides))
     with new_output(Path(args.out)) as out:
         counts = offline_log_from_bags([Path(b) for b in args.bags], Path(args.encoder), out, task)
     print(
@@ -298,6 +302,16 @@ def _offline_log(args: argparse.Namespace) -> int:
         f"in {args.out}; use it with `msdp train --rlpd --offline {args.out}`"
     )
     return 0
+
+
+def _teach_goal(args: argparse.Namespace) -> int:
+    from msdp.processes import ros_args
+    from msdp_policy.teach_goal_node import main
+
+    confirm = args.confirm or ("enter" if sys.stdin.isatty() else "still")
+    params = {"out": args.out, "task": args.task, "confirm": confirm, "still_time": args.still_time,
+              "timeout": args.timeout, "use_sim_time": args.sim_time}  # fmt: skip
+    return main(ros_args(params))
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -452,6 +466,21 @@ def build_parser() -> ArgumentParser:
     off.add_argument("--task", default="peg", choices=("peg",), help="the task whose reward to compute")
     off.add_argument("--out", required=True, help="new transition log folder")
     off.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    off.add_argument(
+        "--set", action="append", type=parse_override, default=[], metavar="task.FIELD=VALUE",
+        help="task setting the rewards follow, as the run that will use the log, e.g. --set task.reward=sparse",
+    )  # fmt: skip
+
+    teach = command("teach-goal", _teach_goal, "store the goal pose (the arm moved there by hand or teleoperation) "
+                    "in a goal file the policy and teleop nodes read")  # fmt: skip
+    teach.add_argument("--out", default="config/goal.yaml", help="goal file to write (default: config/goal.yaml)")
+    teach.add_argument("--task", default="peg", choices=("peg",))
+    teach.add_argument("--confirm", choices=("enter", "still", "episode"),
+                       help="Enter (default in a terminal), the arm still for --still-time (default otherwise), "
+                       "or the end of an episode on /msdp/episode")  # fmt: skip
+    teach.add_argument("--still-time", type=float, default=2.0, help="s still before 'still' confirms")
+    teach.add_argument("--timeout", type=float, default=600.0, help="s to wait for a confirmation")
+    teach.add_argument("--sim-time", action="store_true", help="use_sim_time (next to the simulated driver)")
 
     cv = command("curves", _curves, "plot several training runs' learning curves in one PNG")
     cv.add_argument("runs", nargs="+", help="run folders (each with metrics.csv)")
