@@ -136,7 +136,7 @@ def test_online_episodes_score_log_and_end_like_the_fast_loop(tmp_path):
     assert edge.reward == pytest.approx(PegInsertion().score_state(np.array([0.749, 0.349, 0.64]), down, goal).reward)
     last = episodes.step(embedding_rows(2.0), above, down)
     end = episodes.step(embedding_rows(3.0), above, down)  # the third step's outcome: the step limit
-    assert end.episode_done and not end.success and end.target is None and not episodes.running
+    assert end.result.ended_by == "timeout" and not end.result.success and end.target is None and not episodes.running
     writer.close()
     logged = TransitionReader(tmp_path).arrays
     assert logged["final"].tolist() == [False, False, False, True] and not logged["terminal"].any()
@@ -150,7 +150,7 @@ def test_online_episodes_score_log_and_end_like_the_fast_loop(tmp_path):
     episodes.step(embedding_rows(0.0), above, down)
     inside = np.array([0.5, 0.0, 0.02 + HOLE_DEPTH - 0.03])
     done = episodes.step(embedding_rows(1.0), inside, down)
-    assert done.episode_done and done.success and episodes.successes == 1
+    assert done.result.ended_by == "success" and done.result.success and episodes.successes == 1
     writer.close()
     assert TransitionReader(tmp_path / "success").arrays["terminal"].tolist() == [True, True]
 
@@ -189,3 +189,96 @@ def test_sparse_reward_and_success_thresholds_follow_the_task_config():
     assert sparse.score_state(above, down, goal).reward == 0.0
     assert not PegInsertion(TaskConfig(success_depth=0.035)).score_state(inside, down, goal).success
     assert not PegInsertion(TaskConfig(success_lateral=0.005)).score_state(inside, down, goal).success
+
+
+def test_replay_indexes_the_linked_intervention_steps(tmp_path):
+    # episode 1: steps 0-4 (2 and 3 the operator's) + final 5; episode 2: step 6 the operator's, killed (unlinked)
+    with TransitionWriter(tmp_path, SCHEMA, durable=False) as writer:
+        for index in range(7):
+            flag = np.bool_(index in (2, 3, 6))
+            writer.append({**record(1 if index < 6 else 2, index, final=index == 5), "intervention": flag})
+    replay = Replay(TransitionReader(tmp_path))
+    assert len(replay) == 5 and replay.interventions == 2  # step 6 has no next observation
+    batch = replay.sample_interventions(64, np.random.default_rng(0))
+    index = batch["tokens"].float()[:, 0, 0]
+    assert set(index.long().tolist()) == {2, 3}
+    torch.testing.assert_close(batch["next_tokens"].float()[:, 0, 0], index + 1)
+    with TransitionWriter(tmp_path, SCHEMA, durable=False) as writer:
+        writer.append({**record(2, 7), "intervention": np.bool_(True)})  # links step 6
+    replay.refresh()
+    assert replay.interventions == 3
+    write_log(tmp_path / "plain", [(1, 3, True)])
+    with pytest.raises(RuntimeError, match="no complete intervention"):
+        Replay(TransitionReader(tmp_path / "plain")).sample_interventions(1, np.random.default_rng(0))
+
+
+def test_rlpd_draws_the_offline_half_from_the_online_interventions_as_from_one_more_offline_log(tmp_path):
+    write_log(tmp_path / "offline", [(9, 20, True)], reward=1.0)
+    with TransitionWriter(tmp_path / "online", SCHEMA, durable=False) as writer:
+        for index in range(21):  # steps 5-7 the operator's
+            flag = np.bool_(5 <= index <= 7)
+            writer.append({**record(1, index, final=index == 20), "intervention": flag})
+    online, offline = Replay(TransitionReader(tmp_path / "online")), Replay(TransitionReader(tmp_path / "offline"))
+    learner = Learner(agent(rlpd=True), online, [offline], update_after=1, seed=0)
+    sources = []
+    for _ in range(200):
+        batch = learner.sample()
+        half = batch["tokens"].float()[4:, 0, 0].long().tolist()
+        if batch["reward"][4:].eq(1.0).all():
+            sources.append("offline")
+        else:
+            assert set(half) <= {5, 6, 7} and batch["reward"][4:].eq(0.0).all(), half
+            sources.append("interventions")
+        assert batch["reward"][:4].eq(0.0).all()  # the online half: the whole online log
+    assert 70 < sources.count("interventions") < 130  # one source per batch, drawn uniformly
+
+
+# What Learner.sample drew with seed 3 before interventions existed: (reward, record) for 4 RLPD batches.
+DRAWS_BEFORE_INTERVENTIONS = [
+    [(0, 1), (0, 3), (0, 4), (0, 3), (2, 9), (2, 9), (2, 6), (2, 0)],
+    [(0, 5), (0, 7), (0, 10), (0, 8), (1, 2), (1, 1), (1, 6), (1, 6)],
+    [(0, 1), (0, 7), (0, 6), (0, 16), (1, 4), (1, 3), (1, 3), (1, 5)],
+    [(0, 2), (0, 13), (0, 13), (0, 17), (2, 8), (2, 2), (2, 3), (2, 7)],
+]
+
+
+@pytest.mark.parametrize("old_layout", [False, True], ids=["flag_all_false", "log_from_before_the_flag"])
+def test_without_interventions_rlpd_draws_exactly_as_before(tmp_path, old_layout):
+    from msdp_policy.transition_log import Schema
+
+    schema = Schema({k: v for k, v in SCHEMA.fields.items() if k != "intervention"}) if old_layout else SCHEMA
+    for name, episodes, reward in (("online", [(1, 12, True), (2, 6, False)], 0.0), ("a", [(3, 9, True)], 1.0),
+                                   ("b", [(4, 5, True), (5, 5, True)], 2.0)):  # fmt: skip
+        with TransitionWriter(tmp_path / name, schema, durable=False) as writer:
+            index = 0
+            for episode, steps, closed in episodes:
+                for final in [False] * steps + [True] * closed:
+                    writer.append(record(episode, index, final, reward))  # no flag: False in the new layout
+                    index += 1
+    online, *offline = (Replay(TransitionReader(tmp_path / name)) for name in ("online", "a", "b"))
+    learner = Learner(agent(rlpd=True), online, offline, update_after=1, seed=3)
+    for expected in DRAWS_BEFORE_INTERVENTIONS:
+        batch = learner.sample()
+        records = batch["tokens"].float()[:, 0, 0].long().tolist()
+        drawn = list(zip(batch["reward"].long().tolist(), records, strict=True))
+        assert drawn == expected
+
+
+def test_catch_up_returns_each_metrics_mean_over_the_updates_that_made_it(tmp_path):
+    write_log(tmp_path / "log", [(1, 30, True)])
+
+    def make() -> Learner:
+        torch.manual_seed(0)
+        config = AgentConfig(hidden=16, batch_size=8, critic_updates_per_actor_update=2)
+        return Learner(SACAgent(config, MODEL.width, N, 4), Replay(TransitionReader(tmp_path / "log")), [], 1, 0)
+
+    learner, by_hand = make(), make()
+    torch.manual_seed(1)  # the same draws of the actor's noise for both
+    means = learner.catch_up(30, max_updates=5)
+    torch.manual_seed(1)
+    updates = [by_hand.agent.update(by_hand.sample()) for _ in range(5)]
+    for name in ("critic_loss", "q"):
+        assert means[name] == pytest.approx(np.mean([float(u[name]) for u in updates]), rel=1e-5)
+    actor = [float(u["actor_loss"]) for u in updates if "actor_loss" in u]
+    assert len(actor) == 2 and means["actor_loss"] == pytest.approx(np.mean(actor), rel=1e-5)
+    assert set(means) == {"critic_loss", "q", "actor_loss", "temperature", "entropy"}

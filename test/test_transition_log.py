@@ -158,3 +158,50 @@ def test_kill_9_of_the_writer_loses_at_most_the_step_in_flight(tmp_path):
         TransitionReader(tmp_path).arrays["reward"], np.arange(writer.count, dtype=np.float32)
     )
     writer.close()
+
+
+FLAGGED = Schema({**SCHEMA.fields, "intervention": ("bool", ())})  # the layout since interventions are logged
+
+
+def test_intervention_flags_round_trip_and_a_record_without_one_is_written_false(tmp_path):
+    with TransitionWriter(tmp_path, FLAGGED, durable=False) as writer:
+        for i in range(6):
+            writer.append({**transition(i), "intervention": np.bool_(i in (2, 3))})
+        writer.append(transition(6))  # a writer that does not know the flag
+    np.testing.assert_array_equal(TransitionReader(tmp_path).arrays["intervention"], [0, 0, 1, 1, 0, 0, 0])
+
+
+def test_a_log_from_before_interventions_reads_as_all_false_and_mixes_with_a_new_one(tmp_path):
+    with TransitionWriter(tmp_path / "old", SCHEMA, durable=False) as writer:
+        for i in range(5):
+            writer.append(transition(i))
+        reader = TransitionReader(tmp_path / "old")
+        for i in range(5, 1500):  # the flag's zeros grow with the log's arrays
+            writer.append(transition(i))
+        assert reader.refresh() == 1495
+    arrays = reader.arrays
+    assert arrays["intervention"].shape == (1500,) and not arrays["intervention"].any()
+    np.testing.assert_array_equal(arrays["reward"], np.arange(1500, dtype=np.float32))
+    assert reader.schema.fields == SCHEMA.fields  # what the file holds is unchanged
+    TransitionWriter(tmp_path / "new", FLAGGED).close()
+    new = TransitionReader(tmp_path / "new")
+    reader.schema.check_same_source(new.schema, "old", "new")  # both ways: RLPD may have either one online
+    new.schema.check_same_source(reader.schema, "new", "old")
+
+
+def test_logs_differing_in_more_than_the_intervention_flag_are_not_mixed_nor_appended_to(tmp_path):
+    other_action = Schema({**SCHEMA.fields, "action": ("float32", (3,))})
+    with pytest.raises(TransitionLogError, match="new stores other fields than old"):
+        SCHEMA.check_same_source(Schema({**other_action.fields, "intervention": ("bool", ())}), "old", "new")
+    with pytest.raises(TransitionLogError, match="new stores other fields than old"):
+        FLAGGED.check_same_source(Schema({**SCHEMA.fields, "intervention": ("uint8", ())}), "old", "new")
+    meta = {"encoder": "a"}
+    with pytest.raises(TransitionLogError, match="different sources: encoder a vs b"):
+        Schema(SCHEMA.fields, meta).check_same_source(Schema(FLAGGED.fields, {"encoder": "b"}), "old", "new")
+    # appending needs the log's own layout: records with the flag would not fit an older log, nor the reverse
+    TransitionWriter(tmp_path / "old", SCHEMA).close()
+    with pytest.raises(TransitionLogError, match=r"old/schema.json and this run differ in the field\(s\) interv"):
+        TransitionWriter(tmp_path / "old", FLAGGED)
+    TransitionWriter(tmp_path / "new", FLAGGED).close()
+    with pytest.raises(TransitionLogError, match="new/schema.json and this run differ"):
+        TransitionWriter(tmp_path / "new", SCHEMA)

@@ -49,26 +49,42 @@ class Learner:
         return max(0, due - self.agent.critic_updates)
 
     def sample(self) -> dict[str, torch.Tensor]:
-        """A batch on the agent's device (sampled on the CPU from the log, then one copy per tensor)."""
+        """A batch on the agent's device (sampled on the CPU from the log, then one copy per tensor).
+
+        RLPD: the offline half comes from one source per batch, drawn uniformly: each offline log, and the
+        online log's intervention transitions once there are any (the operator's corrections, taken like a
+        demonstration log). Uniform rather than by size, as the offline logs already are: interventions are
+        few (tens of steps against thousands of demonstration steps) but made in the states the current policy
+        reaches, so weighting by size would all but drop them. Without interventions the draws are as before."""
         size = self.agent.config.batch_size
         if not self.agent.config.rlpd:
             batch = self.replay.sample(size, self.rng)
         else:
-            offline = self.offline[int(self.rng.integers(len(self.offline)))]
-            batch = concat_batches(self.replay.sample(size // 2, self.rng), offline.sample(size - size // 2, self.rng))
+            source = int(self.rng.integers(len(self.offline) + bool(self.replay.interventions)))
+            online = self.replay.sample(size // 2, self.rng)
+            if source < len(self.offline):
+                offline = self.offline[source].sample(size - size // 2, self.rng)
+            else:
+                offline = self.replay.sample_interventions(size - size // 2, self.rng)
+            batch = concat_batches(online, offline)
         device = self.agent.log_temperature.device
         return batch if device.type == "cpu" else {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
     def catch_up(self, env_steps: int, max_updates: int | None = None) -> dict[str, float]:
-        """Run the updates owed for ``env_steps`` (at most ``max_updates``); returns the last update's metrics."""
+        """Run the updates owed for ``env_steps`` (at most ``max_updates``); returns each metric's mean over the
+        updates that produced it (the actor's come every ``critic_updates_per_actor_update``), summed on the
+        device so that reading them waits for it once per call."""
         owed = self.updates_owed(env_steps)
         if max_updates is not None:
             owed = min(owed, max_updates)
-        metrics: dict[str, torch.Tensor] = {}
+        totals: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
         if owed and len(self.replay):
             for _ in range(owed):
-                metrics = self.agent.update(self.sample())
-        return {name: float(value) for name, value in metrics.items()}  # one wait for the device per call
+                for name, value in self.agent.update(self.sample()).items():
+                    totals[name] = totals[name] + value if name in totals else value
+                    counts[name] = counts.get(name, 0) + 1
+        return {name: float(total) / counts[name] for name, total in totals.items()}
 
     def save(self, path: Path, extra: dict[str, Any]) -> None:
         agent = self.agent

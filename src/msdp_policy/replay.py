@@ -1,7 +1,9 @@
 """What a transition holds, and the replay that samples learner batches from a transition log.
 
 One record per policy step, in episode order: the observation at step t, the action taken there, the reward
-and ``terminal`` flag that followed it. An episode ends with one extra record, ``final``, holding the last
+and ``terminal`` flag that followed it, and ``intervention``: the action was a human operator's, who took over
+from the policy (RLPD samples these like demonstrations; a log from before the flag reads it as all False).
+An episode ends with one extra record, ``final``, holding the last
 observation (its action is unused). The next observation of record i is record i+1 when both belong to the
 same episode; so each observation is stored once, and a policy killed mid-episode leaves records that are
 simply never linked across the restart.
@@ -26,7 +28,7 @@ from msdp.config import to_dict
 from msdp.specs import ActionSpec
 from msdp_perception.checkpoint import encoder_identity
 from msdp_perception.model import MSDPConfig
-from msdp_policy.transition_log import Schema, TransitionReader
+from msdp_policy.transition_log import ADDED_FIELDS, Schema, TransitionReader
 
 ENCODER_VARIANTS = ("msdp_frozen", "scratch")
 
@@ -49,6 +51,7 @@ def transition_schema(encoder: str, model: MSDPConfig, action_dim: int, meta: di
         "reward": ("float32", ()),
         "terminal": ("bool", ()),
         "final": ("bool", ()),
+        "intervention": ADDED_FIELDS["intervention"],  # last: the only field older logs lack
     }
     if encoder == "msdp_frozen":
         observation = {
@@ -85,11 +88,18 @@ def embedding_record(tokens: np.ndarray, present: np.ndarray, pooled: np.ndarray
 
 
 def step_record(
-    observation: dict[str, np.ndarray], episode: int, action: np.ndarray, reward: float, terminal: bool
+    observation: dict[str, np.ndarray],
+    episode: int,
+    action: np.ndarray,
+    reward: float,
+    terminal: bool,
+    intervention: bool = False,
 ) -> dict[str, np.ndarray]:
-    """A log record for one policy step: the observation, the action taken there, what followed it."""
+    """A log record for one policy step: the observation, the action taken there (the operator's, when
+    ``intervention``), what followed it."""
     return {**observation, "episode": np.int64(episode), "action": np.asarray(action, np.float32),
-            "reward": np.float32(reward), "terminal": np.bool_(terminal), "final": np.bool_(False)}  # fmt: skip
+            "reward": np.float32(reward), "terminal": np.bool_(terminal), "final": np.bool_(False),
+            "intervention": np.bool_(intervention)}  # fmt: skip
 
 
 def final_record(
@@ -98,7 +108,8 @@ def final_record(
     """An episode's closing record: its last observation, with no action after it (zeros), so no transition
     links it onward -- the one rule every writer (training, the policy node, offline logs) follows."""
     return {**observation, "episode": np.int64(episode), "action": np.zeros(action_dim, np.float32),
-            "reward": np.float32(0.0), "terminal": np.bool_(terminal), "final": np.bool_(True)}  # fmt: skip
+            "reward": np.float32(0.0), "terminal": np.bool_(terminal), "final": np.bool_(True),
+            "intervention": np.bool_(False)}  # fmt: skip
 
 
 def _tensor(values: np.ndarray, name: str) -> torch.Tensor:
@@ -106,8 +117,27 @@ def _tensor(values: np.ndarray, name: str) -> torch.Tensor:
     return tensor.view(torch.bfloat16) if name == "tokens" else tensor
 
 
+class _Indices:
+    """A growing index of records (amortised doubling), sampled uniformly."""
+
+    def __init__(self):
+        self.values = np.zeros(1024, dtype=np.int64)
+        self.count = 0
+
+    def extend(self, indices: np.ndarray) -> None:
+        needed = self.count + len(indices)
+        if needed > len(self.values):
+            self.values = np.concatenate([self.values, np.zeros(max(needed, len(self.values)), np.int64)])
+        self.values[self.count : needed] = indices
+        self.count = needed
+
+    def sample(self, size: int, rng: np.random.Generator) -> np.ndarray:
+        return self.values[rng.integers(self.count, size=size)]
+
+
 class Replay:
-    """Uniform sampling of linked (observation, action, reward, next observation) pairs from a log.
+    """Uniform sampling of linked (observation, action, reward, next observation) pairs from a log, and of the
+    linked ones among them that an operator acted in (``interventions``).
 
     ``refresh`` picks up what the writer appended since the last call (the same in-process or in a learner
     on another machine reading the shared folder).
@@ -116,8 +146,8 @@ class Replay:
     def __init__(self, reader: TransitionReader):
         self.reader = reader
         self.fields = [name for name in OBSERVATION_FIELDS if name in reader.schema.fields]
-        self._linked = np.zeros(1024, dtype=np.int64)  # indices of sampleable records, grown by doubling
-        self._n_linked = 0
+        self._linked = _Indices()  # records whose next observation is in the log
+        self._interventions = _Indices()  # the linked records whose action was the operator's
         self._checked = 0  # records before this index have been tested for a successor
         self.refresh()
 
@@ -129,22 +159,31 @@ class Replay:
             i = np.arange(self._checked, count - 1)
             ok = ~arrays["final"][i] & (arrays["episode"][i + 1] == arrays["episode"][i])
             linked = i[ok]
-            needed = self._n_linked + len(linked)
-            if needed > len(self._linked):
-                self._linked = np.concatenate([self._linked, np.zeros(max(needed, len(self._linked)), np.int64)])
-            self._linked[self._n_linked : needed] = linked
-            self._n_linked = needed
+            self._linked.extend(linked)
+            self._interventions.extend(linked[arrays["intervention"][linked]])
             self._checked = count - 1
         return new
 
     def __len__(self) -> int:
         """Transitions that can be sampled (every step whose next observation is in the log)."""
-        return self._n_linked
+        return self._linked.count
+
+    @property
+    def interventions(self) -> int:
+        """Transitions that can be sampled in which the operator acted."""
+        return self._interventions.count
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         if not len(self):
             raise RuntimeError(f"{self.reader.folder}: no complete transition to sample yet")
-        i = self._linked[rng.integers(self._n_linked, size=batch_size)]
+        return self._batch(self._linked.sample(batch_size, rng))
+
+    def sample_interventions(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        if not self.interventions:
+            raise RuntimeError(f"{self.reader.folder}: no complete intervention transition to sample yet")
+        return self._batch(self._interventions.sample(batch_size, rng))
+
+    def _batch(self, i: np.ndarray) -> dict[str, torch.Tensor]:
         arrays = self.reader.arrays
         batch = {name: torch.from_numpy(arrays[name][i]) for name in ("action", "reward", "terminal")}
         for name in self.fields:

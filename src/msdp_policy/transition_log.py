@@ -40,6 +40,10 @@ from msdp.specs import ObservationSpec
 MAGIC = b"MSDT"
 HEADER = struct.Struct("<4sII")  # magic, payload length, crc32
 SCHEMA_FILE, LOG_FILE = "schema.json", "transitions.log"
+# Fields added to the layout after logs were written without them (name -> dtype and shape). An older log reads
+# them as zeros (False) and mixes with newer logs; a record given without one gets zeros too. Only appending
+# needs the log's exact layout: a writer refuses to add records of another size to an older log.
+ADDED_FIELDS = {"intervention": ("bool", ())}
 
 
 class TransitionLogError(RuntimeError):
@@ -87,11 +91,22 @@ class Schema:
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise TransitionLogError(f"{where}: not a transition log schema ({exc})") from exc
 
-    def check_same_source(self, other: Schema, mine: str, theirs: str) -> None:
+    def check_same_source(self, other: Schema, mine: str, theirs: str, append: bool = False) -> None:
         """Refuse mixing logs that store other fields, or were made by different encoders or with different specs
-        (``meta`` of a log from before it was recorded is not checked)."""
-        if self.fields != other.fields:
+        (``meta`` of a log from before it was recorded is not checked). An ``ADDED_FIELDS`` field that one of
+        them lacks is no difference, unless ``append``: records of ``other``'s layout go into ``mine``."""
+        ours, others = dict(self.fields), dict(other.fields)
+        lacking = sorted(name for name in ADDED_FIELDS if (name in ours) != (name in others))
+        for name in lacking:
+            ours.pop(name, None)
+            others.pop(name, None)
+        if ours != others:
             raise TransitionLogError(f"{theirs} stores other fields than {mine}: {other.fields}, not {self.fields}")
+        if append and lacking:
+            raise TransitionLogError(
+                f"{mine} and {theirs} differ in the field(s) {', '.join(lacking)} (a log from before they were "
+                f"added): records of another layout cannot be appended to it; write a new log (the two mix in RLPD)"
+            )
         if not self.meta or not other.meta:
             return
         ours, others = _comparable(self.meta), _comparable(other.meta)
@@ -105,6 +120,8 @@ class Schema:
             )
 
     def encode(self, transition: dict[str, np.ndarray]) -> bytes:
+        added = {name: np.zeros(shape, dtype) for name, (dtype, shape) in self.fields.items() if name in ADDED_FIELDS}
+        transition = {**added, **transition}
         missing = sorted(set(self.fields) - set(transition))
         extra = sorted(set(transition) - set(self.fields))
         if missing or extra:
@@ -155,7 +172,7 @@ class TransitionWriter:
         schema_path, self.path = self.folder / SCHEMA_FILE, self.folder / LOG_FILE
         if schema_path.exists():
             existing = Schema.from_json(schema_path.read_text(), schema_path)
-            existing.check_same_source(schema, str(schema_path), "this run")
+            existing.check_same_source(schema, str(schema_path), "this run", append=True)
         else:
             schema_path.write_text(schema.to_json())
         data = self.path.read_bytes() if self.path.exists() else b""
@@ -197,7 +214,8 @@ class TransitionReader:
     """Reads a log while a writer may be appending to it; ``refresh`` picks up what was appended since.
 
     ``arrays`` holds one array per field, (transitions, *shape), grown in place (amortised doubling), so a
-    learner can sample indices from it without copying the whole log on every refresh.
+    learner can sample indices from it without copying the whole log on every refresh; an ``ADDED_FIELDS``
+    field the log lacks is there too, all zeros.
     """
 
     def __init__(self, folder: str | Path):
@@ -209,7 +227,8 @@ class TransitionReader:
         self.path = self.folder / LOG_FILE
         self.offset = 0
         self.count = 0
-        self._buffers = {name: np.zeros((1024, *shape), dtype) for name, (dtype, shape) in self.schema.fields.items()}
+        fields = {**ADDED_FIELDS, **self.schema.fields}
+        self._buffers = {name: np.zeros((1024, *shape), dtype) for name, (dtype, shape) in fields.items()}
         self.refresh()
 
     def __len__(self) -> int:
@@ -238,7 +257,7 @@ class TransitionReader:
                 grown = np.zeros((max(needed, 2 * len(buffer)), *buffer.shape[1:]), buffer.dtype)
                 grown[: self.count] = buffer[: self.count]
                 self._buffers[name] = buffer = grown
-            buffer[self.count : needed] = new[name]
+            buffer[self.count : needed] = new.get(name, 0)  # an added field the log lacks: zeros
         self.count = needed
         self.offset += end
         return count
