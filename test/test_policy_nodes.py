@@ -194,7 +194,7 @@ def test_the_policy_node_pauses_on_a_driver_fault_and_refuses_a_foreign_encoder(
         ):
             with node_process("msdp_perception.encoder_node", {"checkpoint": str(own), **sim}, logs["encoder"]):
                 wait_for(probe, lambda: log_count(log) >= 5, 90, "the policy to act", logs["policy"])
-                assert "set goal:=[x, y, z, yaw]" in logs["policy"].read_text()  # says where goals come from
+                assert "set goal_file:=<file>" in logs["policy"].read_text()  # says where goals come from
                 # NaN weights on the latched topic are refused; the node keeps acting with the weights it has
                 actor = Actor(AgentConfig(hidden=32), WIDTH, 4)
                 with torch.no_grad():

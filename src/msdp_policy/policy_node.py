@@ -1,20 +1,26 @@
 """Policy node: embeddings in, impedance targets out, episodes run and logged for the learner.
 
 subscribes  /msdp/embedding (sensor_msgs/Image 32FC1, the encoder's packed rows), /franka/ee_pose,
-            /msdp/task_goal (latched; the simulated driver publishes it at every reset), /msdp/actor_weights
-            (std_msgs/UInt8MultiArray, latched: a safetensors blob of actor weights from the learner),
-            /franka/status (std_msgs/String, latched: the driver's "running" or its fault)
+            /msdp/task_goal (latched; the simulated driver publishes it at every reset; a real cell uses a taught
+            ``goal_file`` instead), /msdp/actor_weights (std_msgs/UInt8MultiArray, latched: a safetensors blob
+            of actor weights from the learner), /franka/status (std_msgs/String, latched: the driver's "running"
+            or its fault), /msdp/operator/action and /msdp/operator/event (the teleop node, ``mode: intervene``)
 publishes   /franka/equilibrium_pose (the target: current pose + the actor's displacement, in the workspace box),
             /msdp/action (geometry_msgs/TwistStamped: the displacement, stamped with the embedding it acts on,
             as the recorder and MSDP-P pretraining expect), /msdp/reward (std_msgs/Float32, per step),
-            /msdp/success (std_msgs/Bool, per episode),
+            /msdp/success (std_msgs/Bool, per episode), /msdp/episode (JSON: each episode's start and result),
             /msdp/markers (namespaces policy_target and task_goal)
-calls       <driver>/reset (std_srvs/Trigger) between episodes
+calls       <driver>/reset (std_srvs/Trigger) between episodes (``reset_kind: driver``; ``motion``: the node moves
+            the arm itself -- lift, a random start above the taught goal, settle), <driver>/recover after a
+            fault when ``auto_recover``
 The episode logic is ``msdp_policy.online``; transitions go to the durable log in ``transitions``, which a
 restarted node resumes. New actor weights replace the old ones between two steps; when the learner is gone
 the node keeps acting with the last weights it got. While the driver reports a fault the node pauses: the
 running episode is aborted (no action, no logged transition across the fault), and it resumes with a reset
-after the driver's ``~/recover``.
+after the driver's ``~/recover`` (which the node calls itself when ``auto_recover`` is on). While the operator
+drives (an action on /msdp/operator/action no older than ``operator_timeout``), the node acts with the
+operator's action instead of the actor's and logs the step as an intervention; the operator's success,
+failure and abort events end the episode.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PoseStamped, TwistStamped
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Float32, String, UInt8MultiArray
 from std_srvs.srv import Trigger
@@ -44,8 +50,10 @@ from msdp_perception.checkpoint import ENCODER_FORMAT, CheckpointError, encoder_
 from msdp_perception.encoder import EncoderInfo
 from msdp_perception.model import MSDPConfig
 from msdp_policy.agent import Actor, AgentConfig
+from msdp_policy.episodes import EpisodeResult, ResetConfig, ResetFailed, ResetMotion, episode_start_json, load_goal
 from msdp_policy.learner import ActorWeightsGate, WeightsRefused
 from msdp_policy.online import BadInput, OnlineEpisodes
+from msdp_policy.operators import EVENTS
 from msdp_policy.policy import load_policy
 from msdp_policy.replay import log_meta, transition_schema
 from msdp_policy.tasks import TaskConfig, action_spec, make_task
@@ -63,8 +71,22 @@ class PolicyNodeConfig:
     max_episodes: int = field(default=0, metadata=param_range(0, 10**7, "stop after this many; 0 = never"))
     settle_time: float = field(default=0.5, metadata=param_range(0.0, 10.0, "s after a reset before stepping"))
     pose_max_age: float = field(default=0.1, metadata=param_range(0.001, 1.0, "s, ee pose vs embedding stamp"))
-    goal: tuple[float, float, float, float] = field(
-        default=(0.0, 0.0, 0.0, 0.0), metadata={"doc": "real cell: goal x y z (m) yaw (rad); zeros = /msdp/task_goal"}
+    goal_file: str = field(
+        default="",
+        metadata={
+            "doc": "real cell: the taught goal (msdp teach-goal); empty = "
+            "the goal on /msdp/task_goal (the simulated driver's)"
+        },
+    )
+    reset_kind: str = field(
+        default="driver",
+        metadata={"choices": ("driver", "motion"), "doc": "driver: its ~/reset; motion: lift, random start, settle"},
+    )
+    reset: ResetConfig = field(default_factory=ResetConfig)
+    auto_recover: bool = field(default=False, metadata={"doc": "call the driver's ~/recover after a fault"})
+    recover_delay: float = field(default=2.0, metadata=param_range(0.0, 60.0, "s (wall) after a fault before it"))
+    operator_timeout: float = field(
+        default=0.3, metadata=param_range(0.05, 5.0, "s an operator action stays the one acted with")
     )
     driver: str = field(default=f"/{vocab.DRIVER_NODE}", metadata={"doc": "driver node name (its ~/reset service)"})
     durable: bool = field(default=True, metadata={"doc": "fsync every logged transition"})
@@ -84,6 +106,8 @@ class PolicyNodeConfig:
 
     def check(self, prefix: str = "") -> None:
         check_box(self.workspace_min, self.workspace_max, f"{prefix}workspace")
+        if self.reset_kind == "motion" and not self.goal_file:
+            raise ConfigError(f"parameter '{prefix}goal_file': reset_kind 'motion' moves to starts above a taught goal")
 
 
 class PolicyNode(MsdpNode):
@@ -112,6 +136,7 @@ class PolicyNode(MsdpNode):
             self.encoder = EncoderInfo(encoder_identity(encoder), encoder, model.n_tokens, model.width)
             meta = log_meta(encoder, model, action_spec(c.task))
             schema = transition_schema("msdp_frozen", model, task.action_dim, meta)
+            taught = load_goal(c.goal_file, c.task.name) if c.goal_file else None
             writer = TransitionWriter(c.transitions, schema, durable=c.durable)
         except (ValueError, TransitionLogError) as exc:
             super().destroy_node()
@@ -133,8 +158,16 @@ class PolicyNode(MsdpNode):
         self.pose: PoseStamped | None = None
         self.goal_state: dict[str, np.ndarray] | None = None
         self.goal_stamp = -math.inf
-        if any(c.goal):
-            self.goal_state = task.state_from_goal(np.array(c.goal[:3]), c.goal[3])
+        self.taught = taught
+        if taught is not None:
+            self.goal_state = task.state_from_goal(np.array(taught.position), taught.yaw)
+        self.rng = np.random.default_rng(c.seed)
+        self.reset_motion: ResetMotion | None = None
+        self.operator_action: np.ndarray | None = None
+        self.operator_at = -math.inf  # wall time the operator action came
+        self.operator_mark = ""  # success or failure pressed since the last step
+        self.fault_at = -math.inf
+        self.recover_future = None
         self.reset_future = None
         self.reset_requested_at = -math.inf
         self.ready_at: float | None = None
@@ -145,19 +178,23 @@ class PolicyNode(MsdpNode):
         self.success_pub = self.publisher(vocab.SUCCESS)
         self.action_pub = self.publisher(vocab.ACTION)
         self.marker_pub = self.publisher(vocab.MARKERS)
+        self.episode_pub = self.publisher(vocab.EPISODE)
         self.subscription(vocab.EMBEDDING, self.on_embedding)
+        self.subscription(vocab.OPERATOR_ACTION, self.on_operator_action)
+        self.subscription(vocab.OPERATOR_EVENT, self.on_operator_event)
         self.subscription(vocab.EE_POSE, self.on_pose)
         self.subscription(vocab.TASK_GOAL, self.on_goal)
         self.subscription(vocab.ACTOR_WEIGHTS, self.on_weights)
         self.subscription(vocab.DRIVER_STATUS, self.on_driver_status)
         self.subscription(vocab.ENCODER_INFO, self.on_encoder_info)
         self.reset_client = self.create_client(Trigger, vocab.driver_service(c.driver, vocab.RESET_SERVICE))
+        self.recover_client = self.create_client(Trigger, vocab.driver_service(c.driver, vocab.RECOVER_SERVICE))
         self.create_timer(0.05, self.on_timer)
         self.waiting_since = time.monotonic()
-        if not any(c.goal):
+        if taught is None:
             self.get_logger().info(
                 f"goal: from {vocab.TASK_GOAL.name} (the simulated driver publishes one per episode); a real cell has "
-                "no publisher of it: set goal:=[x, y, z, yaw] (m, rad, base frame)"
+                "no publisher of it: teach one (msdp teach-goal) and set goal_file:=<file>"
             )
         self.get_logger().info(
             f"policy up: task {c.task.name}, log {c.transitions} ({writer.count} records), actor {self.actor_version}"
@@ -172,8 +209,8 @@ class PolicyNode(MsdpNode):
         self.pose = msg
 
     def on_goal(self, msg: PoseStamped) -> None:
-        if any(self.config.goal):
-            return  # a configured goal wins
+        if self.taught is not None:
+            return  # a taught goal wins
         position, orientation = pose_arrays(msg)
         if msg.header.frame_id not in ("", vocab.BASE_FRAME) or not np.all(np.isfinite([*position, *orientation])):
             self.get_logger().error(f"{vocab.TASK_GOAL.name} refused: {position} {orientation} in frame "
@@ -188,12 +225,11 @@ class PolicyNode(MsdpNode):
         fault = "" if msg.data == vocab.DRIVER_RUNNING else msg.data
         if fault and not self.driver_fault:
             self.get_logger().error(f"driver stopped ({fault}): pausing; call {self.config.driver}/recover")
+            self.fault_at = time.monotonic()
             if self.episodes.running:
-                self.episodes.abort()
-                self.aborted += 1
-                self.success_pub.publish(Bool(data=False))
+                self.end_episode(self.episodes.abort("fault"))
                 self.get_logger().warning(f"episode aborted by the driver fault ({self.aborted} aborted so far)")
-            self.reset_future, self.ready_at = None, None
+            self.reset_future, self.ready_at, self.reset_motion = None, None, None
         elif not fault and self.driver_fault:
             self.get_logger().info("driver running again: resuming with a reset")
         self.driver_fault = fault
@@ -213,7 +249,7 @@ class PolicyNode(MsdpNode):
         if self.foreign_encoder:
             self.get_logger().error(f"not acting: {self.foreign_encoder}")
             if self.episodes.running:
-                self.episodes.abort()
+                self.end_episode(self.episodes.abort())
 
     def on_weights(self, msg: UInt8MultiArray) -> None:
         """Swap in checked weights (names, shapes, dtypes, finite values, a growing version); refused weights are
@@ -229,10 +265,37 @@ class PolicyNode(MsdpNode):
         self.actor_version = label
         self.get_logger().info(f"new actor weights: {self.actor_version}")
 
+    def on_operator_action(self, msg: TwistStamped) -> None:
+        linear, yaw = vocab.displacement_from_twist(msg)
+        if not np.all(np.isfinite([*linear, yaw])):
+            self.get_logger().error(
+                f"{vocab.OPERATOR_ACTION.name} refused: non-finite displacement", throttle_duration_sec=2.0
+            )
+            return
+        self.operator_action = self.episodes.action_spec.normalised(linear, yaw)
+        self.operator_at = time.monotonic()
+
+    def on_operator_event(self, msg: String) -> None:
+        if msg.data in ("success", "failure"):
+            self.operator_mark = msg.data
+        elif msg.data == "abort" and self.episodes.running:
+            self.end_episode(self.episodes.abort())
+        elif msg.data not in EVENTS:
+            self.get_logger().error(
+                f"{vocab.OPERATOR_EVENT.name}: unknown event {msg.data!r}, expected one of {EVENTS}"
+            )
+
     # -- episodes -------------------------------------------------------------------------------------------
     def on_timer(self) -> None:
-        """Between episodes: ask the driver for a reset, then wait for the new goal and the arm to settle."""
-        if self.episodes.running or self.exit_code is not None or self.driver_fault or self.foreign_encoder:
+        """Between episodes: ask the driver for a reset (or move the arm to a new start), then wait for the goal
+        and the arm to settle. After a fault, ask the driver to recover when ``auto_recover`` is on."""
+        if self.driver_fault:
+            self.try_recover()
+            return
+        if self.episodes.running or self.exit_code is not None or self.foreign_encoder:
+            return
+        if self.config.reset_kind == "motion":
+            self.step_reset_motion()
             return
         if self.reset_future is None and self.ready_at is None:
             if not self.reset_client.service_is_ready():
@@ -251,17 +314,70 @@ class PolicyNode(MsdpNode):
                 return
             self.ready_at = self.now() + self.config.settle_time
             self.waiting_since = time.monotonic()
-        goal_is_new = any(self.config.goal) or self.goal_stamp >= self.reset_requested_at - 1e-3
+        goal_is_new = self.taught is not None or self.goal_stamp >= self.reset_requested_at - 1e-3
         if not goal_is_new and time.monotonic() - self.waiting_since > GOAL_PATIENCE:
             self.get_logger().warning(
                 f"no goal for the episode: nothing on {vocab.TASK_GOAL.name} since the reset {GOAL_PATIENCE:.0f} s "
-                "ago (the simulated driver publishes it); on a real cell set the parameter goal:=[x, y, z, yaw]",
+                "ago (the simulated driver publishes it); on a real cell teach one and set goal_file:=<file>",
                 throttle_duration_sec=10.0,
             )
         if self.now() >= self.ready_at and goal_is_new and self.goal_state is not None:
             self.ready_at = None
-            self.episodes.start_episode(self.goal_state)
-            self.publish_goal_marker()
+            self.start_episode()
+
+    def step_reset_motion(self) -> None:
+        """A real cell's reset: lift, travel to a random start above the taught goal, settle (every target
+        through the driver's safety filter); a reset that cannot finish stops the node with the reason."""
+        if self.pose is None:
+            return
+        position, orientation = pose_arrays(self.pose)
+        if self.reset_motion is None:
+            self.reset_motion = ResetMotion(self.config.reset, self.taught, self.rng, self.now(), position, orientation)
+        try:
+            step = self.reset_motion.step(self.now(), position)
+        except ResetFailed as exc:
+            self.get_logger().error(f"stopping: {exc}")
+            self.exit_code = 1
+            return
+        self.target_pub.publish(vocab.pose_msg(ros_message, self.now_ns(), step.position, step.orientation))
+        if step.done:
+            self.reset_motion = None
+            self.start_episode()
+
+    def start_episode(self) -> None:
+        self.operator_mark = ""
+        self.episodes.start_episode(self.goal_state)
+        self.episode_pub.publish(String(data=episode_start_json(self.episodes.episode, "policy", self.now())))
+        self.publish_goal_marker()
+
+    def try_recover(self) -> None:
+        """``auto_recover``: one ~/recover call ``recover_delay`` s after the fault (again after a failed one)."""
+        c = self.config
+        if not c.auto_recover or time.monotonic() - self.fault_at < c.recover_delay:
+            return
+        if self.recover_future is None and self.recover_client.service_is_ready():
+            self.get_logger().info(f"calling {c.driver}/recover")
+            self.recover_future = self.recover_client.call_async(Trigger.Request())
+        elif self.recover_future is not None and self.recover_future.done():
+            response = self.recover_future.result()
+            self.recover_future, self.fault_at = None, time.monotonic()
+            if response is None or not response.success:
+                self.get_logger().error(f"recovery failed: {getattr(response, 'message', 'no response')}; retrying")
+
+    def end_episode(self, result: EpisodeResult) -> None:
+        """Publish an ended episode (success flag, JSON result) and log one line."""
+        result.actor, result.time = self.actor_version, self.now()
+        self.aborted += result.ended_by in ("abort", "fault")
+        self.success_pub.publish(Bool(data=result.success))
+        self.episode_pub.publish(String(data=result.to_json()))
+        e = self.episodes
+        self.get_logger().info(
+            f"episode {e.episodes_done + self.aborted}: {result.ended_by} after {result.steps} steps, return "
+            f"{result.episode_return:.2f}, {result.interventions} by the operator ({e.successes}/{e.episodes_done} "
+            f"successes; log {e.writer.count} records; actor {self.actor_version})"
+        )
+        if self.config.max_episodes and e.episodes_done >= self.config.max_episodes:
+            self.exit_code = 0
 
     def on_embedding(self, msg: Image) -> None:
         if not self.episodes.running or self.driver_fault or self.foreign_encoder:
@@ -280,8 +396,10 @@ class PolicyNode(MsdpNode):
             )
             return
         rows = np.frombuffer(bytes(msg.data), dtype=np.float32).reshape(msg.height, msg.width)
+        fresh = time.monotonic() - self.operator_at <= self.config.operator_timeout
+        mark, self.operator_mark = self.operator_mark, ""
         try:
-            result = self.episodes.step(rows, *pose_arrays(self.pose))
+            result = self.episodes.step(rows, *pose_arrays(self.pose), self.operator_action if fresh else None, mark)
         except BadInput as exc:
             self.get_logger().error(f"step skipped: {exc}", throttle_duration_sec=2.0)
             return
@@ -293,15 +411,8 @@ class PolicyNode(MsdpNode):
             self.action_pub.publish(
                 vocab.twist_msg(ros_message, stamp, *self.episodes.action_spec.displacement(result.action))
             )
-        if result.episode_done:
-            self.success_pub.publish(Bool(data=result.success))
-            e = self.episodes
-            self.get_logger().info(
-                f"episode {e.episodes_done}: {'success' if result.success else 'no success'} after {e.steps} steps "
-                f"({e.successes}/{e.episodes_done} so far; log {e.writer.count} records; actor {self.actor_version})"
-            )
-            if self.config.max_episodes and e.episodes_done >= self.config.max_episodes:
-                self.exit_code = 0
+        if result.result is not None:
+            self.end_episode(result.result)
 
     # -- outputs --------------------------------------------------------------------------------------------
     def publish_target(self, position: np.ndarray, orientation: np.ndarray, stamp_ns: int) -> None:
