@@ -10,13 +10,14 @@ from msdp_franka_driver.control_law import (
     ArmState,
     CartesianImpedanceController,
     CartesianImpedanceLaw,
+    HandGuidingConfig,
     ImpedanceConfig,
     SafetyConfig,
     SafetyFilter,
     TargetFilter,
     TorqueRateLimiter,
 )
-from msdp_franka_driver.pose import orientation_error, quat_multiply, rotvec_to_quat, slerp
+from msdp_franka_driver.pose import orientation_error, quat_multiply, quat_to_matrix, rotvec_to_quat, slerp
 
 RNG = np.random.default_rng(0)
 IDENTITY = np.array([0.0, 0.0, 0.0, 1.0])
@@ -288,6 +289,82 @@ def test_controller_output_is_rate_limited_from_the_reset_torque():
     controller.set_target(s.position + [0.05, 0.0, 0.0], IDENTITY, now=0.0)
     tau = controller.torque(s, now=0.001)
     assert np.max(np.abs(tau)) <= 0.5 + 1e-12
+
+
+def hold_a_displaced_target(controller, s, start, seconds, offset=(0.01, 0.0, 0.0)):
+    """Cycles of 1 ms holding a target ``offset`` from the arm (resent at 10 Hz); the torques."""
+    torques = []
+    for cycle in range(round(seconds * 1000)):
+        now = start + cycle * 0.001
+        if cycle % 100 == 0:
+            controller.set_target(s.position + np.array(offset), IDENTITY, now=now)
+        torques.append(controller.torque(s, now))
+    return np.array(torques)
+
+
+def test_a_gain_change_ramps_the_stiffness_and_never_steps_the_torque():
+    """2000 -> 50 N/m and back while a target 1 cm off is held: the stiffness passes through the values in
+    between over gain_ramp_time, and the torque moves smoothly (a step would jump past max_torque_rate)."""
+    config = ImpedanceConfig(gain_ramp_time=1.0)
+    controller = CartesianImpedanceController(config, SafetyConfig())
+    s = state(jacobian=np.eye(6, 7) + 0.3 * RNG.normal(size=(6, 7)))
+    controller.reset(s, torque=np.zeros(7))
+    settled = hold_a_displaced_target(controller, s, 0.0, 0.5)[-1]  # the rate limiter's climb is over
+    soft = ImpedanceConfig(translational_stiffness=50.0, gain_ramp_time=1.0)
+    step = CartesianImpedanceLaw(soft).torque(s, s.position + [0.01, 0.0, 0.0], IDENTITY) - settled
+    assert np.max(np.abs(step)) > 10 * config.max_torque_rate  # what a step would ask for in one cycle
+
+    controller.set_gains(soft.gains())
+    down = hold_a_displaced_target(controller, s, 0.5, 0.5)
+    assert controller.law.stiffness[0] == pytest.approx((2000.0 + 50.0) / 2, rel=0.01)  # mid-ramp
+    assert controller.law.damping[0] == pytest.approx(2.0 * math.sqrt(controller.law.stiffness[0]))
+    down = np.vstack([down, hold_a_displaced_target(controller, s, 1.0, 0.6)])
+    np.testing.assert_allclose(controller.law.stiffness, [50.0] * 3 + [150.0] * 3)
+
+    controller.set_gains(config.gains())
+    up = hold_a_displaced_target(controller, s, 1.6, 0.5)
+    assert 1000.0 < controller.law.stiffness[0] < 1050.0
+    up = np.vstack([up, hold_a_displaced_target(controller, s, 2.1, 0.6)])
+    assert controller.law.stiffness[0] == 2000.0
+    np.testing.assert_allclose(up[-1], settled, atol=1e-9)  # the same torque as before the round trip
+
+    torques = np.vstack([settled, down, up])
+    change = np.max(np.abs(np.diff(torques, axis=0)))
+    assert change <= config.max_torque_rate + 1e-12
+    assert change < 0.2 * config.max_torque_rate  # the ramp keeps it smooth, not the limiter
+
+
+def test_hand_guiding_follows_the_arm_keeps_the_tool_axis_and_holds_where_released():
+    controller = CartesianImpedanceController(
+        ImpedanceConfig(nullspace_stiffness=0.0, gain_ramp_time=0.5), SafetyConfig()
+    )
+    s = state(jacobian=np.eye(6, 7))
+    controller.reset(s, torque=np.zeros(7))
+    controller.hand_guide(HandGuidingConfig(translational_stiffness=30.0, rotational_stiffness=20.0))
+    assert not controller.set_target(s.position + 0.01, IDENTITY, now=0.0)  # targets are refused
+    controller.torque(s, now=0.0)  # the tool axis it keeps: the one of the first cycle (z)
+    # then a hand pushes the arm 3 cm along y, twists the tool 0.3 rad about its axis (z) and tilts it 0.1 rad about x
+    moved = state(jacobian=np.eye(6, 7), position=s.position + [0.0, 0.03, 0.0])
+    twist = rotvec_to_quat(np.array([0.0, 0.0, 0.3]))
+    moved.orientation = quat_multiply(rotvec_to_quat(np.array([0.1, 0.0, 0.0])), twist)
+    for cycle in range(1, 600):
+        controller.torque(moved, now=cycle * 0.001)
+    np.testing.assert_allclose(controller.law.stiffness, [30.0] * 3 + [20.0] * 3)
+    position, orientation = controller.target_filter.position, controller.target_filter.orientation
+    np.testing.assert_allclose(position, moved.position, atol=1e-9)  # the equilibrium is where the arm is
+    np.testing.assert_allclose(quat_to_matrix(orientation)[:, 2], [0.0, 0.0, 1.0], atol=1e-6)  # the axis kept
+    assert orientation_error(orientation, twist) == pytest.approx([0.0, 0.0, 0.0], abs=1e-6)  # the twist followed
+
+    controller.hand_guide(None)
+    released = state(jacobian=np.eye(6, 7), position=moved.position + [0.001, 0.0, 0.0])
+    released.orientation = moved.orientation
+    for cycle in range(600, 1200):
+        tau = controller.torque(released, now=cycle * 0.001)
+    assert controller.safety.holding
+    np.testing.assert_allclose(controller.target_filter.position, released.position)  # held there: no spring back
+    np.testing.assert_allclose(tau, 0.0, atol=1e-9)
+    np.testing.assert_allclose(controller.law.stiffness, [2000.0] * 3 + [150.0] * 3)  # ramped back up
+    assert controller.set_target(released.position + 0.01, IDENTITY, now=1.2)
 
 
 def test_quaternion_helpers_agree():

@@ -3,6 +3,8 @@
 Pipeline per 1 ms cycle (``CartesianImpedanceController.torque``):
 raw target -> SafetyFilter (finite, workspace box, leash to the current pose, watchdog)
 -> TargetFilter (first-order reference low-pass) -> CartesianImpedanceLaw -> TorqueRateLimiter.
+The gains may change while the arm runs (``GAIN_NAMES``; a parameter, or hand guiding): a GainRamp moves
+them to the new values over ``gain_ramp_time``, never in a step.
 Everything here is plain numpy so it runs in the libfranka loop process and inside MuJoCo's step.
 """
 
@@ -15,10 +17,21 @@ import numpy as np
 from scipy.linalg.lapack import dposv
 
 from msdp.config import ConfigError, param_range
-from msdp_franka_driver.pose import angle_between, nlerp, orientation_error, quat_normalize, slerp
+from msdp_franka_driver.pose import (
+    angle_between,
+    nlerp,
+    orientation_error,
+    quat_multiply,
+    quat_normalize,
+    quat_to_matrix,
+    rotvec_to_quat,
+    slerp,
+)
 
 N_JOINTS = 7
 HOME_Q = (0.0, -0.785398, 0.0, -2.356194, 0.0, 1.570796, 0.785398)
+# The ImpedanceConfig fields that may change while the arm runs (ramped); the others are fixed at start-up.
+GAIN_NAMES = ("translational_stiffness", "rotational_stiffness", "damping_ratio", "nullspace_stiffness")
 
 
 @dataclass(frozen=True)
@@ -35,10 +48,30 @@ class ImpedanceConfig:
     max_torque_rate: float = field(
         default=0.5, metadata=param_range(0.001, 1.0, "Nm per joint per 1 ms cycle (FCI aborts above 1.0)")
     )
+    gain_ramp_time: float = field(
+        default=1.0, metadata=param_range(0.01, 10.0, "s; a change of gains at run time ramps over this")
+    )
 
-    def damping(self, stiffness: float) -> float:
-        """Critically damped (for a unit effective mass, as franka_ros does) scaled by damping_ratio."""
-        return 2.0 * self.damping_ratio * math.sqrt(stiffness)
+    def gains(self) -> np.ndarray:
+        """The run-time gains in ``GAIN_NAMES`` order: what the law ramps and the libfranka loop is handed."""
+        return np.array([getattr(self, name) for name in GAIN_NAMES], dtype=float)
+
+
+@dataclass(frozen=True)
+class HandGuidingConfig:
+    """Gains while a person moves the arm by hand (``~/hand_guide``).
+
+    The equilibrium then follows the measured position and the turn about the tool axis, so the translational
+    stiffness mostly sets the damping a hand feels (critical for it, as the law computes it); the rotational
+    stiffness keeps the tool axis pointing where it did when hand guiding began (down, for the tasks here).
+    """
+
+    translational_stiffness: float = field(
+        default=30.0, metadata=param_range(0.0, 500.0, "N/m; its damping (about 11 Ns/m at 30) is what a hand feels")
+    )
+    rotational_stiffness: float = field(
+        default=20.0, metadata=param_range(0.0, 300.0, "Nm/rad; keeps the tool axis pointing where it did")
+    )
 
 
 @dataclass(frozen=True)
@@ -95,13 +128,18 @@ class CartesianImpedanceLaw:
     """tau = J^T (K e - D J dq) + bias + null-space posture torque."""
 
     def __init__(self, config: ImpedanceConfig, nullspace_q: np.ndarray | None = None):
-        kt, kr = config.translational_stiffness, config.rotational_stiffness
-        self.stiffness = np.array([kt] * 3 + [kr] * 3)
-        self.damping = np.array([config.damping(kt)] * 3 + [config.damping(kr)] * 3)
-        self.nullspace_stiffness = config.nullspace_stiffness
-        self.nullspace_damping = 2.0 * math.sqrt(config.nullspace_stiffness)
+        self.set_gains(config.gains())
         self.nullspace_q = np.asarray(nullspace_q if nullspace_q is not None else HOME_Q, dtype=float)
         self._regularizer = 1e-6 * np.eye(6)
+
+    def set_gains(self, gains: np.ndarray) -> None:
+        """Stiffnesses from a ``GAIN_NAMES`` vector; damping critical for a unit effective mass (as franka_ros
+        does), scaled by the damping ratio (the posture's unscaled)."""
+        kt, kr, damping_ratio, kn = gains.tolist()
+        self.stiffness = np.array([kt] * 3 + [kr] * 3)
+        self.damping = 2.0 * damping_ratio * np.sqrt(self.stiffness)
+        self.nullspace_stiffness = kn
+        self.nullspace_damping = 2.0 * math.sqrt(kn)
 
     def pose_error(self, state: ArmState, position: np.ndarray, orientation: np.ndarray) -> np.ndarray:
         """6-D error (target minus current): position, then rotation vector."""
@@ -136,6 +174,38 @@ class TorqueRateLimiter:
         limited = np.minimum(np.maximum(torque, self.previous - self.max_delta), self.previous + self.max_delta)
         self.previous = limited
         return limited
+
+
+class GainRamp:
+    """Moves the gains linearly to new values over ``duration`` s of the controller's clock.
+
+    A stiffness step with the arm off its equilibrium would be a force step: the rate limiter would clip it, but
+    the arm would still feel a jolt and the law would run against the limiter for many cycles.
+    """
+
+    def __init__(self, gains: np.ndarray, duration: float):
+        self.duration = duration
+        self.value = np.array(gains, dtype=float)
+        self.goal = self.value.copy()
+        self.start = self.value.copy()
+        self.start_time: float | None = None
+        self.active = False
+
+    def to(self, goal: np.ndarray) -> None:
+        """Ramp from the gains in effect now to ``goal``; the ramp's clock starts at the next call."""
+        self.start = self.value.copy()
+        self.goal = np.array(goal, dtype=float)
+        self.start_time = None
+        self.active = not np.array_equal(self.goal, self.value)
+
+    def __call__(self, now: float) -> np.ndarray:
+        if self.active:
+            if self.start_time is None:
+                self.start_time = now
+            fraction = min(max(now - self.start_time, 0.0) / self.duration, 1.0)
+            self.value = self.start + fraction * (self.goal - self.start)
+            self.active = fraction < 1.0
+        return self.value
 
 
 class TargetFilter:
@@ -237,23 +307,79 @@ class SafetyFilter:
 
 
 class CartesianImpedanceController:
-    """SafetyFilter -> TargetFilter -> CartesianImpedanceLaw -> TorqueRateLimiter, one call per cycle."""
+    """SafetyFilter -> TargetFilter -> CartesianImpedanceLaw -> TorqueRateLimiter, one call per cycle.
+
+    Gains set at run time, and those of hand guiding, reach the law through a GainRamp. While hand guiding, the
+    equilibrium follows the arm (through the SafetyFilter, so it stays in the workspace box and moves no faster
+    than its speed limit) and targets are refused.
+    """
 
     def __init__(self, impedance: ImpedanceConfig, safety: SafetyConfig, dt: float = 0.001):
         self.law = CartesianImpedanceLaw(impedance)
         self.safety = SafetyFilter(safety)
         self.target_filter = TargetFilter(impedance.target_filter_time_constant, dt)
         self.rate_limiter = TorqueRateLimiter(impedance.max_torque_rate)
+        self.gains = impedance.gains()  # the run-time gains: followed, or returned to after hand guiding
+        self.ramp = GainRamp(self.gains, impedance.gain_ramp_time)
+        self.hand_guiding: HandGuidingConfig | None = None
+        self._tool_axis: np.ndarray | None = None  # base frame, kept while hand guiding
+        self._release = False  # hand guiding ended: hold the pose of the next cycle
 
     def reset(self, state: ArmState, torque: np.ndarray | None = None) -> None:
         """Hold the current pose; ``torque`` is what the robot applies now (the rate limit starts there)."""
         self.safety.hold(state.position, state.orientation)
         self.target_filter.reset(state.position, state.orientation)
         self.rate_limiter.reset(torque)
+        self._tool_axis = None
+        self._release = False
 
     def set_target(self, position: np.ndarray, orientation: np.ndarray, now: float) -> bool:
+        """Submit a target to the SafetyFilter; False if it is invalid, or while hand guiding."""
+        if self.hand_guiding is not None:
+            return False
         return self.safety.submit(position, orientation, now)
 
+    def set_gains(self, gains: np.ndarray) -> None:
+        """New run-time gains (``GAIN_NAMES`` order), ramped to. While hand guiding, only their damping ratio and
+        posture stiffness apply; the stiffnesses wait for its end."""
+        self.gains = np.array(gains, dtype=float)
+        self.ramp.to(self._goal())
+
+    def hand_guide(self, config: HandGuidingConfig | None) -> None:
+        """Start hand guiding with ``config``'s gains, or end it (None): the equilibrium becomes the pose the arm
+        is at, and the gains ramp back to the run-time ones."""
+        self._release = config is None and (self._release or self.hand_guiding is not None)
+        self.hand_guiding = config
+        self._tool_axis = None
+        self.ramp.to(self._goal())
+
+    def _goal(self) -> np.ndarray:
+        goal = self.gains.copy()
+        if self.hand_guiding is not None:
+            goal[:2] = self.hand_guiding.translational_stiffness, self.hand_guiding.rotational_stiffness
+        return goal
+
+    def _guided_orientation(self, state: ArmState) -> np.ndarray:
+        """The measured orientation, swung so the tool axis (z) points where it did when hand guiding began: a
+        hand turns the tool about its axis freely, while a tilt springs back."""
+        axis = quat_to_matrix(state.orientation)[:, 2]
+        if self._tool_axis is None:
+            self._tool_axis = axis
+        swing = np.cross(axis, self._tool_axis)
+        sine = float(np.linalg.norm(swing))
+        if sine < 1e-9:
+            return state.orientation
+        angle = math.atan2(sine, float(axis @ self._tool_axis))
+        return quat_multiply(rotvec_to_quat(swing * (angle / sine)), state.orientation)
+
     def torque(self, state: ArmState, now: float) -> np.ndarray:
+        if self.ramp.active:
+            self.law.set_gains(self.ramp(now))
+        if self.hand_guiding is not None:
+            self.safety.submit(state.position, self._guided_orientation(state), now)
+        elif self._release:
+            self._release = False
+            self.safety.hold(state.position, state.orientation)
+            self.target_filter.reset(state.position, state.orientation)
         position, orientation = self.target_filter(*self.safety(state, now))
         return self.rate_limiter(self.law.torque(state, position, orientation))
