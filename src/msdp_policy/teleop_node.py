@@ -52,7 +52,7 @@ from msdp_policy.episodes import (
     load_goal,
 )
 from msdp_policy.operators import OPERATORS, OperatorCommand, OperatorConfig, make_operator
-from msdp_policy.tasks import Task, TaskConfig, action_spec, make_task, target_after, wrap_angle
+from msdp_policy.tasks import Task, TaskConfig, action_spec, make_task, target_after, tcp_yaw, wrap_angle
 
 REST_TOLERANCE = 0.001  # m per control period: the arm is at rest when it moves less
 
@@ -364,7 +364,7 @@ def motion_action(spec: ActionSpec, start: PoseStamped, end: PoseStamped) -> np.
     """The action that would have asked for the motion from ``start`` to ``end`` (clipped to the action range):
     how a hand-guided demonstration gets its actions."""
     (p0, o0), (p1, o1) = pose_arrays(start), pose_arrays(end)
-    return np.clip(spec.normalised(p1 - p0, wrap_angle(quat_yaw(o1) - quat_yaw(o0))), -1.0, 1.0)
+    return np.clip(spec.normalised(p1 - p0, wrap_angle(tcp_yaw(o1) - tcp_yaw(o0))), -1.0, 1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
