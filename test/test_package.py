@@ -72,6 +72,21 @@ def test_shipped_policy_configs_validate_and_agree():
     assert policy.agent.hidden == learner.agent.hidden  # a fresh policy actor must accept the learner's weights
 
 
+def test_shipped_teleop_config_validates_and_resets_as_the_policy_does(tmp_path):
+    from msdp_policy.policy_node import PolicyNodeConfig
+    from msdp_policy.teleop_node import TeleopConfig
+
+    with pytest.raises(ValueError, match="goal_file"):  # motion resets need a taught goal: the file leaves it empty
+        load_params_file(TeleopConfig, ROOT / "config" / "teleop.yaml", "teleop")
+    data = yaml.safe_load((ROOT / "config" / "teleop.yaml").read_text())
+    data["teleop"]["ros__parameters"]["goal_file"] = "config/goal.yaml"
+    path = tmp_path / "teleop.yaml"
+    path.write_text(yaml.safe_dump(data))
+    teleop = load_params_file(TeleopConfig, path, "teleop")
+    policy = load_params_file(PolicyNodeConfig, ROOT / "config" / "policy.yaml", "msdp_policy")
+    assert teleop.reset == policy.reset and teleop.operator_kind == "keyboard" and teleop.wait_for_start
+
+
 def test_a_broken_driver_config_names_file_and_parameter(tmp_path):
     data = yaml.safe_load((ROOT / "config" / "driver.yaml").read_text())
     data["franka_driver"]["ros__parameters"]["impedance"]["damping_ratio"] = 9.0

@@ -69,6 +69,9 @@ class PolicyNodeConfig:
     deterministic: bool = field(default=False, metadata={"doc": "evaluation mode: the actor's mean action"})
     random_steps: int = field(default=0, metadata=param_range(0, 10**7, "uniform random actions first (log size)"))
     max_episodes: int = field(default=0, metadata=param_range(0, 10**7, "stop after this many; 0 = never"))
+    max_steps: int = field(
+        default=0, metadata=param_range(0, 10**9, "stop at the end of the episode that takes this many; 0 = never")
+    )
     settle_time: float = field(default=0.5, metadata=param_range(0.0, 10.0, "s after a reset before stepping"))
     pose_max_age: float = field(default=0.1, metadata=param_range(0.001, 1.0, "s, ee pose vs embedding stamp"))
     goal_file: str = field(
@@ -147,6 +150,7 @@ class PolicyNode(MsdpNode):
         self.driver_fault = ""  # what the driver reports on /franka/status; empty while it runs
         self.foreign_encoder = ""  # set when /msdp/encoder names an encoder other than the policy's
         self.aborted = 0
+        self.steps_taken = 0  # environment steps of this run's ended episodes
         self.n_tokens, self.width = model.n_tokens, model.width
         self.episodes = OnlineEpisodes(
             c.task, (c.workspace_min, c.workspace_max), writer, actor, c.deterministic, c.random_steps, c.seed
@@ -368,6 +372,7 @@ class PolicyNode(MsdpNode):
         """Publish an ended episode (success flag, JSON result) and log one line."""
         result.actor, result.time = self.actor_version, self.now()
         self.aborted += result.ended_by in ("abort", "fault")
+        self.steps_taken += result.steps
         self.success_pub.publish(Bool(data=result.success))
         self.episode_pub.publish(String(data=result.to_json()))
         e = self.episodes
@@ -376,7 +381,9 @@ class PolicyNode(MsdpNode):
             f"{result.episode_return:.2f}, {result.interventions} by the operator ({e.successes}/{e.episodes_done} "
             f"successes; log {e.writer.count} records; actor {self.actor_version})"
         )
-        if self.config.max_episodes and e.episodes_done >= self.config.max_episodes:
+        c = self.config
+        if (c.max_episodes and e.episodes_done >= c.max_episodes) or (c.max_steps and self.steps_taken >= c.max_steps):
+            self.get_logger().info(f"done: {e.episodes_done} episodes, {self.steps_taken} steps")
             self.exit_code = 0
 
     def on_embedding(self, msg: Image) -> None:
