@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, WrenchStamped
+from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.srv import GetParameters, SetParameters
+from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
-from std_srvs.srv import Trigger
+from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ros_harness import Probe, node_process
@@ -70,6 +73,28 @@ class DriverProbe(Probe):
         future = client.call_async(Trigger.Request())
         assert self.spin_until(future.done, 10.0)
         return future.result()
+
+    def call_service(self, kind, service: str, request):
+        """Call a driver service and wait for its answer."""
+        client = self.node.create_client(kind, service)
+        assert client.wait_for_service(timeout_sec=10.0)
+        future = client.call_async(request)
+        assert self.spin_until(future.done, 10.0)
+        return future.result()
+
+    def hand_guide(self, on: bool) -> SetBool.Response:
+        return self.call_service(SetBool, "/franka_driver/hand_guide", SetBool.Request(data=on))
+
+    def set_parameter(self, name: str, value) -> SetParametersResult:
+        """What ``ros2 param set /franka_driver <name> <value>`` does: one SetParameters call."""
+        request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        (result,) = self.call_service(SetParameters, "/franka_driver/set_parameters", request).results
+        return result
+
+    def get_parameter(self, name: str):
+        request = GetParameters.Request(names=[name])
+        (value,) = self.call_service(GetParameters, "/franka_driver/get_parameters", request).values
+        return parameter_value_to_python(value)
 
     def stream(self, position, seconds: float, rate: float = 20.0) -> None:
         for _ in range(int(seconds * rate)):
@@ -249,6 +274,77 @@ def test_a_reflex_faults_the_driver_until_recover(watched_driver):
     assert np.linalg.norm(probe.position() - target) < 0.005
     assert probe.statuses[-1] == "running"
     assert probe.call("/franka_driver/reset").success
+
+
+@pytest.mark.parametrize("watched_driver", [{"impedance.gain_ramp_time": 2.5}], indirect=True)
+def test_impedance_gains_change_at_run_time_validated_and_ramped(watched_driver):
+    probe, _, log = watched_driver
+    assert values(probe.next_diagnostics())["translational_stiffness"] == "2000"
+    assert probe.set_parameter("impedance.translational_stiffness", 800.0).successful
+    assert probe.get_parameter("impedance.translational_stiffness") == 800.0
+    probe.next_diagnostics()
+    ramping = float(values(probe.next_diagnostics())["translational_stiffness"])  # 1 to 2 s into the ramp
+    assert 800.0 < ramping < 2000.0  # ramped over impedance.gain_ramp_time, not at once
+    assert probe.spin_until(lambda: values(probe.diagnostics[-1])["translational_stiffness"] == "800", 3.0)
+
+    for name, value, reason in [
+        ("impedance.translational_stiffness", 7000.0, "'impedance.translational_stiffness': 7000.0 is outside"),
+        ("impedance.rotational_stiffness", "stiff", "'impedance.rotational_stiffness': expected a number"),
+        ("impedance.max_torque_rate", 0.9, "'impedance.max_torque_rate' is fixed while the driver runs"),
+        ("safety.max_target_speed", 0.5, "'safety.max_target_speed' is fixed while the driver runs"),
+    ]:
+        result = probe.set_parameter(name, value)
+        assert not result.successful and reason in result.reason, result.reason
+    assert probe.get_parameter("impedance.translational_stiffness") == 800.0  # the old gain stays
+    assert probe.get_parameter("safety.max_target_speed") == 0.3
+    assert values(probe.next_diagnostics())["translational_stiffness"] == "800"
+    assert "parameter change refused: parameter 'impedance.translational_stiffness'" in log.read_text()
+
+
+@pytest.mark.parametrize("watched_driver", [{"sim.reflex_force": 30.0}], indirect=True)
+def test_hand_guiding_lets_a_simulated_hand_move_the_arm_which_stays_where_left(watched_driver):
+    probe, _, log = watched_driver
+    response = probe.hand_guide(True)
+    assert response.success and "hand guiding" in response.message
+    probe.spin_for(1.2)  # the gains ramp down to hand_guiding.* (impedance.gain_ramp_time, 1 s)
+    status = probe.next_diagnostics()
+    assert status.message == "hand guiding" and values(status)["hand_guiding"] == "True"
+    assert values(status)["translational_stiffness"] == "30"
+    assert not probe.call_reset().success
+
+    # a hand pushes the tool along y for a moment, while a policy would keep it where it was: the arm follows the hand
+    start = probe.position().copy()
+    assert probe.set_parameter("sim.hand_force", [0.0, 4.0, 0.0]).successful
+    probe.stream(start, seconds=0.6)
+    assert probe.set_parameter("sim.hand_force", [0.0, 0.0, 0.0]).successful
+    probe.stream(start, seconds=1.0)
+    moved = probe.position() - start
+    assert 0.02 < moved[1] < 0.3 and abs(moved[0]) < 0.03, moved
+    assert "target ignored: hand guiding" in log.read_text()
+
+    # hand guiding off: the arm holds where it was left (no spring back to where it started), follows targets again
+    response = probe.hand_guide(False)
+    assert response.success and "ended" in response.message
+    left = probe.position().copy()
+    probe.spin_for(1.5)  # the gains ramp back up to impedance.*
+    assert np.linalg.norm(probe.position() - left) < 0.003
+    status = probe.next_diagnostics()
+    assert status.message == "running" and values(status)["hand_guiding"] == "False"
+    assert values(status)["translational_stiffness"] == "2000" and values(status)["holding"] == "True"
+    target = left + [0.0, 0.0, 0.02]
+    probe.stream(target, seconds=1.0)
+    assert np.linalg.norm(probe.position() - target) < 0.005
+
+    # a fault while hand guiding (a hand pushing harder than sim.reflex_force) ends it, as any fault stops the arm
+    assert probe.hand_guide(True).success
+    assert probe.set_parameter("sim.hand_force", [0.0, 0.0, -40.0]).successful
+    assert probe.spin_until(lambda: probe.statuses[-1].startswith("fault: cartesian_reflex"), 3.0), probe.statuses
+    assert probe.set_parameter("sim.hand_force", [0.0, 0.0, 0.0]).successful
+    assert values(probe.next_diagnostics())["hand_guiding"] == "False"
+    response = probe.hand_guide(True)
+    assert not response.success and "cannot hand guide" in response.message and "~/recover" in response.message
+    assert probe.call("/franka_driver/recover").success
+    assert values(probe.next_diagnostics())["hand_guiding"] == "False"
 
 
 def test_published_target_moves_the_end_effector_toward_it(driver):

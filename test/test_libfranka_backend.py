@@ -62,6 +62,14 @@ def stream(arm: LibfrankaArm, position: np.ndarray, orientation: np.ndarray, sec
         time.sleep(0.01)
 
 
+def gains_reach(arm: LibfrankaArm, gains: tuple[float, ...], seconds: float = 3.0) -> bool:
+    """Whether the loop reports ``gains`` (its ramp runs on the robot's clock, which franka-sim may run slow)."""
+    end = time.monotonic() + seconds
+    while arm.loop_stats().gains != gains and time.monotonic() < end:
+        time.sleep(0.01)
+    return arm.loop_stats().gains == gains
+
+
 def drift(arm: LibfrankaArm, seconds: float) -> float:
     """Largest distance (m) from the current position over the next ``seconds``."""
     start = arm.snapshot().position
@@ -120,7 +128,8 @@ def test_non_finite_target_is_rejected(arm: LibfrankaArm) -> None:
 
 @pytest.mark.franka_sim
 def test_stalled_loop_aborts_and_recover_resumes_holding(arm: LibfrankaArm) -> None:
-    """Freeze the loop for 60 ms: the server, like the FCI, aborts after 20 lost cycles."""
+    """Freeze the loop for 60 ms: the server, like the FCI, aborts after 20 lost cycles (and hand guiding ends)."""
+    arm.hand_guide(True)
     before = arm.snapshot()
     os.kill(arm.loop_pid, signal.SIGSTOP)
     time.sleep(0.06)
@@ -133,15 +142,62 @@ def test_stalled_loop_aborts_and_recover_resumes_holding(arm: LibfrankaArm) -> N
     assert stats.aborts == 1
     assert "communication_constraints_violation" in stats.last_error
     assert arm.snapshot().time > before.time  # the state keeps flowing during the fault
+    assert not arm.snapshot().hand_guiding
+    assert "cannot hand guide" in arm.hand_guide(True)
 
     assert arm.recover().startswith("recovered")
     assert arm.phase() == "running"
-    assert arm.snapshot().holding
+    assert arm.snapshot().holding and not arm.snapshot().hand_guiding
     assert drift(arm, 0.5) < 0.001
     target = arm.snapshot().position + np.array([0.0, 0.0, -0.02])
     stream(arm, target, before.orientation, 1.0)
     assert np.linalg.norm(arm.snapshot().position - target) < 0.003
     assert "no fault" in arm.recover()
+
+
+@pytest.mark.franka_sim
+def test_a_gain_change_reaches_the_loop_ramped_without_a_torque_fault(arm: LibfrankaArm) -> None:
+    """New gains go through shared memory to the 1 kHz loop, which ramps them (reported in its state) while it
+    moves the arm to a target: no abort (franka-sim enforces the FCI's torque-rate limit), the target reached."""
+    assert arm.loop_stats().gains == (2000.0, 150.0, 1.0, 10.0)
+    start = arm.snapshot()
+    target = start.position + np.array([0.0, -0.03, 0.02])
+    arm.set_gains(ImpedanceConfig(translational_stiffness=600.0, damping_ratio=1.2))
+    seen = []
+    end = time.monotonic() + 3.0
+    while time.monotonic() < end and (not seen or seen[-1] != (600.0, 150.0, 1.2, 10.0)):
+        assert arm.set_target(target, start.orientation)
+        seen.append(arm.loop_stats().gains)
+        time.sleep(0.01)
+    assert seen[-1] == (600.0, 150.0, 1.2, 10.0)
+    stream(arm, target, start.orientation, 0.5)
+    assert any(600.0 < kt < 2000.0 and 1.0 < ratio < 1.2 for kt, _, ratio, _ in seen)  # on the ramp, not a step
+    assert np.linalg.norm(arm.snapshot().position - target) < 0.003
+    assert arm.diagnostics()["translational_stiffness"] == "600"
+    stats = arm.loop_stats()
+    assert stats.aborts == 0 and arm.phase() == "running", stats.last_error
+
+
+@pytest.mark.franka_sim
+def test_hand_guiding_in_the_loop_ignores_targets_and_holds_where_it_ends(arm: LibfrankaArm) -> None:
+    start = arm.snapshot()
+    assert "hand guiding" in arm.hand_guide(True)
+    assert arm.snapshot().hand_guiding  # the loop took the request before hand_guide returned
+    stream(arm, start.position + np.array([0.04, 0.0, 0.0]), start.orientation, 1.2)  # ignored: no hand here
+    assert gains_reach(arm, (30.0, 20.0, 1.0, 10.0))
+    stats = arm.loop_stats()
+    assert stats.hand_guiding and not stats.holding
+    assert np.linalg.norm(arm.snapshot().position - start.position) < 0.003
+
+    assert "ended" in arm.hand_guide(False)
+    ended = arm.snapshot()
+    assert not ended.hand_guiding and ended.holding
+    assert drift(arm, 1.2) < 0.001
+    assert gains_reach(arm, (2000.0, 150.0, 1.0, 10.0))
+    target = ended.position + np.array([0.0, 0.0, -0.02])
+    stream(arm, target, start.orientation, 1.0)
+    assert np.linalg.norm(arm.snapshot().position - target) < 0.003
+    assert arm.loop_stats().aborts == 0
 
 
 def test_unreachable_robot_fails_naming_the_address() -> None:

@@ -12,6 +12,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from msdp_franka_driver.control_law import GAIN_NAMES, ImpedanceConfig
+
 
 @dataclass
 class ArmSnapshot:
@@ -26,6 +28,7 @@ class ArmSnapshot:
     wrench: np.ndarray  # force (N) and torque (Nm) on the tool: libfranka's estimate K_F_ext_hat_K, or the
     # simulated wrist sensor; in the backend's ``wrench_frame``
     holding: bool  # True while the watchdog (or a reset) holds pose instead of following a target
+    hand_guiding: bool  # True while a person may move the arm by hand (low gains, the equilibrium follows it)
 
 
 class ArmBackend(Protocol):
@@ -37,6 +40,16 @@ class ArmBackend(Protocol):
 
     def set_target(self, position: np.ndarray, orientation: np.ndarray) -> bool:
         """Hand a new equilibrium pose to the control loop; False if it was refused (non-finite, or a fault)."""
+
+    def set_gains(self, impedance: ImpedanceConfig) -> None:
+        """Take ``impedance``'s run-time gains (``control_law.GAIN_NAMES``), ramped over its ``gain_ramp_time``
+        in the control loop; its other fields are fixed at start-up."""
+
+    def hand_guide(self, on: bool) -> str:
+        """Start (the gains ramp down to the hand-guiding ones, the equilibrium follows the arm, targets are
+        refused) or end hand guiding (hold the pose the arm is at, ramp back up); a status message.
+
+        A fault ends hand guiding: after ``recover`` the arm holds its pose with the run-time gains."""
 
     def advance(self, wall_seconds: float) -> list[ArmSnapshot]:
         """Let ``wall_seconds`` of wall time pass; return the states to publish since the last call.
@@ -72,3 +85,11 @@ class SimulatedCell(Protocol):
 
     def task_goal(self) -> tuple[np.ndarray, float] | None:
         """The episode's goal pose (position, yaw about z), or None when the task has no fixed goal."""
+
+    def set_hand_force(self, force: np.ndarray) -> None:
+        """A simulated hand: push the tool with ``force`` (N, base frame) until told otherwise."""
+
+
+def gain_diagnostics(gains: np.ndarray) -> dict[str, str]:
+    """The gains the control law uses this cycle (ramping after a change, low while hand guiding), by name."""
+    return {name: f"{value:.4g}" for name, value in zip(GAIN_NAMES, gains.tolist(), strict=True)}

@@ -5,8 +5,13 @@ Topics (``msdp.vocabulary``; base frame ``fr3_link0``, SI units):
              arm), /msdp/markers (workspace box, target, wrench arrow), /diagnostics (1 Hz: control loop health);
              a simulated cell (``backend: mujoco``) also /camera/image_raw, /ft_sensor/wrench, /clock and
              /msdp/task_goal (latched: the episode's goal, e.g. the peg hole, yaw about z)
-  subscribes /franka/equilibrium_pose (geometry_msgs/PoseStamped): the impedance target
-  services   ~/reset, ~/recover (std_srvs/Trigger)
+  subscribes /franka/equilibrium_pose (geometry_msgs/PoseStamped): the impedance target (ignored while hand guiding)
+  services   ~/reset, ~/recover (std_srvs/Trigger); ~/hand_guide (std_srvs/SetBool): true = the gains ramp down to
+             ``hand_guiding.*`` and the equilibrium follows the arm, so a person can move it; false = hold where it
+             was left, the gains ramp back up
+Run-time parameters: the ``impedance.*`` gains (``control_law.GAIN_NAMES``; validated like at start-up, ramped
+over ``impedance.gain_ramp_time``) and, on a simulated arm, ``sim.hand_force`` (a simulated hand on the tool);
+every other parameter is refused once the node runs.
 A simulated cell stamps with simulated time and publishes /clock: run the other nodes with ``use_sim_time``
 when the simulation runs faster or slower than real time. The libfranka backend is imported only when chosen,
 the simulator only for ``backend: mujoco``: a real arm's driver never loads MuJoCo.
@@ -14,21 +19,25 @@ the simulator only for ``backend: mujoco``: a real arm's driver never loads MuJo
 
 from __future__ import annotations
 
+import array
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 from geometry_msgs.msg import Point, PoseStamped
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.parameter import Parameter
 from std_msgs.msg import String
-from std_srvs.srv import Trigger
+from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
 from msdp import vocabulary as vocab
-from msdp.config import param_range
+from msdp.config import ConfigError, from_dict, param_range
 from msdp.markers import sphere_marker, workspace_box_marker
-from msdp.node import MsdpNode, ros_message, run_node
+from msdp.node import BUILTIN_PARAMETERS, MsdpNode, ros_message, run_node
 from msdp_franka_driver.backend import ArmBackend, ArmSnapshot, SimulatedCell
-from msdp_franka_driver.control_law import ImpedanceConfig, SafetyConfig
+from msdp_franka_driver.control_law import GAIN_NAMES, HandGuidingConfig, ImpedanceConfig, SafetyConfig
 from msdp_franka_driver.libfranka_backend import LibfrankaConfig
 from msdp_franka_driver.pose import quat_to_matrix, yaw_quat
 from msdp_franka_driver.sim.config import SimConfig, VirtualCellConfig
@@ -46,6 +55,7 @@ class DriverConfig:
     real_time_factor: float = field(default=1.0, metadata=param_range(0.01, 100.0, "simulated s per wall s"))
     seed: int = field(default=0, metadata=param_range(0, 2**31 - 1, "first scene seed (mujoco)"))
     impedance: ImpedanceConfig = field(default_factory=ImpedanceConfig)
+    hand_guiding: HandGuidingConfig = field(default_factory=HandGuidingConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     sim: SimConfig = field(default_factory=SimConfig)
@@ -71,11 +81,21 @@ def make_backend(config: DriverConfig) -> ArmBackend:
         virtual_cell = config.virtual_cell if config.sim_sensors == "virtual_cell" else None
         camera_period = 1.0 / config.camera_rate if config.camera_rate > 0 else float("inf")
         return MujocoArm(
-            env, config.seed, 1.0 / config.state_rate, config.real_time_factor, virtual_cell, camera_period
+            env,
+            config.seed,
+            1.0 / config.state_rate,
+            config.real_time_factor,
+            virtual_cell,
+            camera_period,
+            config.hand_guiding,
         )
     from msdp_franka_driver.libfranka_backend import LibfrankaArm
 
-    return LibfrankaArm(config.libfranka, config.impedance, config.safety)
+    return LibfrankaArm(config.libfranka, config.impedance, config.safety, config.hand_guiding)
+
+
+RUNTIME_GAINS = tuple(f"impedance.{name}" for name in GAIN_NAMES)
+HAND_FORCE = "sim.hand_force"
 
 
 class FrankaDriverNode(MsdpNode):
@@ -91,6 +111,7 @@ class FrankaDriverNode(MsdpNode):
         self.sensor_topics = self.cell is not None and self.config.sim_sensors == "topics"
         self.target: PoseStamped | None = None
         self.status = ""
+        self.impedance = self.config.impedance  # with the gains set at run time
 
         self.joint_pub = self.publisher(vocab.JOINT_STATES)
         self.pose_pub = self.publisher(vocab.EE_POSE)
@@ -100,6 +121,9 @@ class FrankaDriverNode(MsdpNode):
         self.subscription(vocab.EQUILIBRIUM_POSE, self.on_target)
         self.create_service(Trigger, vocab.RESET_SERVICE, self.on_reset)
         self.create_service(Trigger, vocab.RECOVER_SERVICE, self.on_recover)
+        self.create_service(SetBool, vocab.HAND_GUIDE_SERVICE, self.on_hand_guide)
+        self.add_on_set_parameters_callback(self.on_set_parameters)
+        self.add_post_set_parameters_callback(self.on_parameters_set)
         self.create_timer(1.0, self.on_diagnostics)
         if self.sensor_topics:
             self.wrench_pub = self.publisher(vocab.WRENCH)
@@ -157,7 +181,71 @@ class FrankaDriverNode(MsdpNode):
             if fault:
                 self.get_logger().error(f"arm stopped: {fault} (call ~/recover)")
 
+    def runtime_change(self, parameters: list[Parameter]) -> tuple[ImpedanceConfig, tuple[float, ...] | None]:
+        """The impedance config and simulated hand force ``parameters`` ask for; ConfigError naming the first
+        parameter that is bad or may not change while the node runs."""
+        gains: dict[str, Any] = {}
+        hand_force = None
+        for parameter in parameters:
+            name, value = parameter.name, parameter.value
+            value = value.tolist() if isinstance(value, array.array) else value
+            if name in RUNTIME_GAINS:
+                gains[name.removeprefix("impedance.")] = value
+            elif name == HAND_FORCE and self.cell is not None:
+                hand_force = from_dict(SimConfig, {"hand_force": value}, prefix="sim.").hand_force
+            elif name == HAND_FORCE:
+                raise ConfigError(f"parameter '{name}' acts only on the simulated arm (backend: mujoco)")
+            elif name not in BUILTIN_PARAMETERS:
+                runtime = ", ".join((*RUNTIME_GAINS, HAND_FORCE) if self.cell is not None else RUNTIME_GAINS)
+                raise ConfigError(
+                    f"parameter '{name}' is fixed while the driver runs (restart it to change it); "
+                    f"at run time: {runtime}"
+                )
+        impedance = from_dict(ImpedanceConfig, {**asdict(self.impedance), **gains}, prefix="impedance.")
+        return impedance, hand_force
+
+    def on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """Refuse a bad value, or a parameter that is fixed at run time, with the reason (the old value stays)."""
+        try:
+            self.runtime_change(parameters)
+        except ConfigError as exc:
+            self.get_logger().warning(f"parameter change refused: {exc}")
+            return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    def on_parameters_set(self, parameters: list[Parameter]) -> None:
+        """Apply an accepted change: new gains ramp in the control loop; a simulated hand force acts at once."""
+        impedance, hand_force = self.runtime_change(parameters)
+        if impedance != self.impedance:
+            self.impedance = impedance
+            self.backend.set_gains(impedance)
+            gains = ", ".join(f"{name} {getattr(impedance, name)}" for name in GAIN_NAMES)
+            self.get_logger().info(f"impedance gains: {gains} (ramping over {impedance.gain_ramp_time} s)")
+        if hand_force is not None:
+            self.cell.set_hand_force(np.array(hand_force))
+
+    def on_hand_guide(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        """True: low gains, the equilibrium follows the arm (a person moves it; the recorder records it as
+        usual); false: hold the pose where it was left and ramp the gains back up."""
+        fault = self.backend.fault()
+        if request.data and fault:
+            response.success = False
+            response.message = f"cannot hand guide: the arm is stopped ({fault}); call ~/recover"
+            return response
+        response.message = self.backend.hand_guide(request.data)
+        response.success = self.backend.snapshot().hand_guiding == request.data
+        if response.success and request.data:
+            self.target = None
+        self.get_logger().info(response.message)
+        return response
+
     def on_target(self, msg: PoseStamped) -> None:
+        if self.backend.snapshot().hand_guiding:
+            self.get_logger().warning(
+                "target ignored: hand guiding (call ~/hand_guide false to follow targets again)",
+                throttle_duration_sec=1.0,
+            )
+            return
         if msg.header.frame_id not in ("", vocab.BASE_FRAME):
             self.get_logger().warning(
                 f"target rejected: frame '{msg.header.frame_id}', expected '{vocab.BASE_FRAME}'",
@@ -185,6 +273,9 @@ class FrankaDriverNode(MsdpNode):
         if fault:
             response.success, response.message = False, f"cannot reset: the arm is stopped ({fault}); call ~/recover"
             return response
+        if self.backend.snapshot().hand_guiding:
+            response.success, response.message = False, "cannot reset while hand guiding: call ~/hand_guide false"
+            return response
         response.success, response.message = True, self.backend.reset()
         if self.cell is not None:
             self.publish_task_goal()
@@ -207,10 +298,15 @@ class FrankaDriverNode(MsdpNode):
         return response
 
     def on_diagnostics(self) -> None:
-        """Control-loop health: the backend's figures, the phase, and what to do about a fault."""
+        """Control-loop health: the backend's figures (the gains in effect among them), the mode, and what to do
+        about a fault."""
         fault = self.backend.fault()
-        values = {"holding": str(self.backend.snapshot().holding), **self.backend.diagnostics()}
-        level, message = ("error", f"{fault} (call ~/recover)") if fault else ("ok", "running")
+        snapshot = self.backend.snapshot()
+        values = {"holding": str(snapshot.holding), "hand_guiding": str(snapshot.hand_guiding)}
+        values.update(self.backend.diagnostics())
+        level, message = "ok", "hand guiding" if snapshot.hand_guiding else "running"
+        if fault:
+            level, message = "error", f"{fault} (call ~/recover)"
         self.publish_diagnostics("control loop", level, message, values)
         self.publish_status(force=True)
 

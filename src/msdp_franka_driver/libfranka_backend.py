@@ -6,11 +6,13 @@ loop's p99 period from 1.4 ms to 6.6 ms through the GIL. So ``LibfrankaArm.start
 loop (``multiprocessing`` "spawn" context, never a fork of a node with threads) and the two
 sides share only plain memory:
 
-- target (parent -> loop) and robot state (loop -> parent) are seqlocks over shared doubles: the
-  writer makes the sequence odd, writes, makes it even; a reader copies and keeps the copy only
-  if the sequence was even and unchanged. The loop never waits: a target torn by a concurrent
-  write is simply picked up one cycle later. (This relies on stores and loads staying in program
-  order, which x86-64 guarantees; a weakly ordered CPU such as ARM would need memory barriers.)
+- target and gains (parent -> loop) and robot state (loop -> parent) are seqlocks over shared
+  doubles: the writer makes the sequence odd, writes, makes it even; a reader copies and keeps the
+  copy only if the sequence was even and unchanged. The loop never waits: a target or gains torn by
+  a concurrent write are simply picked up one cycle later. It reads into arrays it allocated at
+  start, and takes each target, gains change and hand-guiding request once (by its id). (This
+  relies on stores and loads staying in program order, which x86-64 guarantees; a weakly ordered
+  CPU such as ARM would need memory barriers.)
 - status words (phase, counters, stop and recover requests) each have a single writer;
   loop period and compute time go to ring buffers the parent turns into percentiles.
 
@@ -36,11 +38,12 @@ import numpy as np
 
 from msdp import vocabulary as vocab
 from msdp.config import ConfigError, param_range
-from msdp_franka_driver.backend import ArmSnapshot
+from msdp_franka_driver.backend import ArmSnapshot, gain_diagnostics
 from msdp_franka_driver.control_law import (
     N_JOINTS,
     ArmState,
     CartesianImpedanceController,
+    HandGuidingConfig,
     ImpedanceConfig,
     SafetyConfig,
     is_valid_target,
@@ -106,6 +109,8 @@ class LoopStats:
     aborts: int  # motions ended by an exception (reflex, limit violation, network)
     rejected_targets: int  # non-finite or malformed targets refused by set_target
     holding: bool
+    hand_guiding: bool
+    gains: tuple[float, ...]  # what the law uses this cycle (control_law.GAIN_NAMES order), ramping after a change
     last_error: str
 
 
@@ -114,6 +119,8 @@ RING = 1 << 16  # cycles of period history, about 65 s at 1 kHz
 # Seqlock blocks: element 0 is the sequence, the payload follows.
 _TARGET_ID, _TARGET_POS, _TARGET_QUAT = 1, slice(2, 5), slice(5, 9)
 _TARGET_SIZE = 9
+_GAINS_ID, _GAINS, _MODE_ID, _MODE = 1, slice(2, 6), 6, 7  # _MODE: 1 = hand guiding
+_GAINS_SIZE = 8
 _S_TIME = 1
 _S_Q = slice(2, 9)
 _S_DQ = slice(9, 16)
@@ -122,7 +129,9 @@ _S_POS = slice(23, 26)
 _S_QUAT = slice(26, 30)
 _S_WRENCH = slice(30, 36)
 _S_HOLDING = 36
-_STATE_SIZE = 37
+_S_HAND_GUIDING = 37
+_S_GAINS = slice(38, 42)
+_STATE_SIZE = 42
 
 # Status words, one writer each (L = loop, P = parent).
 _PHASE = 0  # L
@@ -154,12 +163,22 @@ def _seqlock_read(block: np.ndarray) -> np.ndarray | None:
     return payload if block[0] == seq else None
 
 
+def _seqlock_read_into(block: np.ndarray, out: np.ndarray) -> bool:
+    """``_seqlock_read`` into a preallocated array (the loop's way: no allocation); False if torn."""
+    seq = block[0]
+    if seq % 2.0:
+        return False
+    out[:] = block
+    return block[0] == seq
+
+
 class _Shared:
     """The shared-memory blocks, created in the parent and handed to the spawned loop."""
 
     def __init__(self, ctx: mp.context.SpawnContext):
         self.raw = {
             "target": ctx.RawArray(ctypes.c_double, _TARGET_SIZE),
+            "gains": ctx.RawArray(ctypes.c_double, _GAINS_SIZE),
             "state": ctx.RawArray(ctypes.c_double, _STATE_SIZE),
             "status": ctx.RawArray(ctypes.c_double, _STATUS_SIZE),
             "periods": ctx.RawArray(ctypes.c_double, RING),
@@ -170,6 +189,7 @@ class _Shared:
 
     def attach(self) -> None:
         self.target = _doubles(self.raw["target"])
+        self.gains = _doubles(self.raw["gains"])
         self.state = _doubles(self.raw["state"])
         self.status = _doubles(self.raw["status"])
         self.periods = _doubles(self.raw["periods"])
@@ -206,13 +226,19 @@ class _TorqueLoop:
         config: LibfrankaConfig,
         impedance: ImpedanceConfig,
         safety: SafetyConfig,
+        hand_guiding: HandGuidingConfig,
     ):
         self.shared = shared
         self.config = config
         self.controller = CartesianImpedanceController(impedance, safety)
+        self.hand_guiding = hand_guiding
         self.ee_offset = np.array(config.ee_offset)
         self.parent_pid = os.getppid()
+        self.target = np.zeros(_TARGET_SIZE)  # the latest reads of the shared blocks
+        self.gains = np.zeros(_GAINS_SIZE)
         self.seen_target = 0.0
+        self.seen_gains = 0.0
+        self.seen_mode = 0.0
         self.lost = 0
 
     def arm_state(self, state: Any) -> ArmState:
@@ -240,13 +266,27 @@ class _TorqueLoop:
         # in K (= the EE frame unless EE_T_K is set): the frame a wrist F/T sensor would report in.
         block[_S_WRENCH] = state.K_F_ext_hat_K
         block[_S_HOLDING] = float(holding)
+        block[_S_HAND_GUIDING] = float(self.controller.hand_guiding is not None)
+        block[_S_GAINS] = self.controller.ramp.value
         block[0] += 1.0
 
     def take_target(self, now: float) -> None:
-        target = _seqlock_read(self.shared.target)
-        if target is not None and target[_TARGET_ID] != self.seen_target:
+        target = self.target
+        if _seqlock_read_into(self.shared.target, target) and target[_TARGET_ID] != self.seen_target:
             self.seen_target = target[_TARGET_ID]
             self.controller.set_target(target[_TARGET_POS], target[_TARGET_QUAT], now)
+
+    def take_gains(self) -> None:
+        """New run-time gains, and a hand-guiding request, each applied once (the controller ramps them)."""
+        gains = self.gains
+        if not _seqlock_read_into(self.shared.gains, gains):
+            return
+        if gains[_GAINS_ID] != self.seen_gains:
+            self.seen_gains = gains[_GAINS_ID]
+            self.controller.set_gains(gains[_GAINS])
+        if gains[_MODE_ID] != self.seen_mode:
+            self.seen_mode = gains[_MODE_ID]
+            self.controller.hand_guide(self.hand_guiding if gains[_MODE] else None)
 
     def connect(self, pylibfranka: Any) -> None:
         realtime = pylibfranka.RealtimeConfig.kEnforce
@@ -263,6 +303,7 @@ class _TorqueLoop:
         shared, status = self.shared, self.shared.status
         state = self.robot.read_once()
         arm = self.arm_state(state)
+        self.take_gains()  # gains set while no motion ran (e.g. during a fault) apply from the start
         self.controller.reset(arm, np.asarray(state.tau_J_d))
         # A target written before this motion (e.g. before a fault) is stale: start by holding.
         target = _seqlock_read(shared.target)
@@ -277,6 +318,7 @@ class _TorqueLoop:
             wall = time.perf_counter()
             now = state.time.to_sec()
             arm = self.arm_state(state)
+            self.take_gains()
             self.take_target(now)
             command = pylibfranka.Torques(self.controller.torque(arm, now).tolist())
             stop = status[_STOP] != 0.0
@@ -329,7 +371,13 @@ class _TorqueLoop:
                 time.sleep(0.05)
 
 
-def _loop_main(shared: _Shared, config: LibfrankaConfig, impedance: ImpedanceConfig, safety: SafetyConfig) -> None:
+def _loop_main(
+    shared: _Shared,
+    config: LibfrankaConfig,
+    impedance: ImpedanceConfig,
+    safety: SafetyConfig,
+    hand_guiding: HandGuidingConfig,
+) -> None:
     """Entry point of the loop process."""
     status = shared.status
     # SIGTERM (e.g. multiprocessing's exit handler for a daemon child) ends the motion cleanly instead of
@@ -338,7 +386,7 @@ def _loop_main(shared: _Shared, config: LibfrankaConfig, impedance: ImpedanceCon
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import pylibfranka
 
-    loop = _TorqueLoop(shared, config, impedance, safety)
+    loop = _TorqueLoop(shared, config, impedance, safety, hand_guiding)
     try:
         loop.connect(pylibfranka)
     except Exception as exc:  # anything libfranka raises here means: no robot
@@ -353,6 +401,7 @@ def _loop_main(shared: _Shared, config: LibfrankaConfig, impedance: ImpedanceCon
         except Exception as exc:  # ControlException, NetworkException, ...: the motion is over
             status[_ABORTS] += 1.0
             shared.message = f"motion aborted: {type(exc).__name__}: {exc}"
+            loop.controller.hand_guide(None)  # a fault ends hand guiding: recovered, the arm holds with its gains
             status[_PHASE] = FAULT
             loop.wait_for_recovery()
             if os.getppid() != loop.parent_pid:
@@ -373,15 +422,25 @@ class LibfrankaArm:
     name = "libfranka"
     wrench_frame = vocab.TOOL_FRAME  # K_F_ext_hat_K is expressed in the stiffness frame K (the end effector's)
 
-    def __init__(self, config: LibfrankaConfig, impedance: ImpedanceConfig, safety: SafetyConfig):
+    def __init__(
+        self,
+        config: LibfrankaConfig,
+        impedance: ImpedanceConfig,
+        safety: SafetyConfig,
+        hand_guiding: HandGuidingConfig | None = None,
+    ):
         config.check()
         safety.check()
         self.config = config
         self.impedance = impedance
         self.safety = safety
+        self.hand_guiding = hand_guiding or HandGuidingConfig()
         self._rejected = 0
         self._target_lock = threading.Lock()  # several parent threads may publish targets
         self._target_id = 0
+        self._gains_lock = threading.Lock()
+        self._gains_id = 0
+        self._mode_id = 0
         self._shared: _Shared | None = None
         self._process: mp.process.BaseProcess | None = None
         self._start_pose: tuple[np.ndarray, np.ndarray] | None = None  # where ``reset`` returns the arm
@@ -406,7 +465,7 @@ class LibfrankaArm:
         shared = _Shared(ctx)
         process = ctx.Process(
             target=_loop_main,
-            args=(shared, self.config, self.impedance, self.safety),
+            args=(shared, self.config, self.impedance, self.safety, self.hand_guiding),
             name=f"libfranka-loop-{self.config.robot_ip}",
             daemon=True,
         )
@@ -477,6 +536,38 @@ class LibfrankaArm:
             block[0] += 1.0
         return True
 
+    def set_gains(self, impedance: ImpedanceConfig) -> None:
+        shared = self._require()
+        with self._gains_lock:
+            self._gains_id += 1
+            block = shared.gains
+            block[0] += 1.0
+            block[_GAINS] = impedance.gains()
+            block[_GAINS_ID] = self._gains_id
+            block[0] += 1.0
+
+    def hand_guide(self, on: bool) -> str:
+        """Hand the request to the loop and wait (a few cycles) until it reports the mode."""
+        shared = self._require()
+        if on and shared.phase != RUNNING:
+            return f"cannot hand guide: the arm is stopped ({self.fault()})"
+        self._returning = False
+        with self._gains_lock:
+            self._mode_id += 1
+            block = shared.gains
+            block[0] += 1.0
+            block[_MODE] = float(on)
+            block[_MODE_ID] = self._mode_id
+            block[0] += 1.0
+        deadline = time.monotonic() + 0.5
+        while self.snapshot().hand_guiding != on:
+            if time.monotonic() > deadline:
+                return f"the control loop did not take the request within 0.5 s ({self.fault() or 'running'})"
+            time.sleep(0.002)
+        if on:
+            return "hand guiding: the gains ramp down and the arm follows a hand; targets are ignored"
+        return "hand guiding ended: holding the pose the arm is at, the gains ramp back up"
+
     def snapshot(self) -> ArmSnapshot:
         shared = self._require()
         deadline = time.monotonic() + 0.1
@@ -493,6 +584,7 @@ class LibfrankaArm:
             orientation=data[_S_QUAT],
             wrench=data[_S_WRENCH],
             holding=bool(data[_S_HOLDING]),
+            hand_guiding=bool(data[_S_HAND_GUIDING]),
         )
 
     def loop_stats(self) -> LoopStats:
@@ -513,6 +605,8 @@ class LibfrankaArm:
             aborts=int(status[_ABORTS]),
             rejected_targets=self._rejected,
             holding=bool(shared.state[_S_HOLDING]),
+            hand_guiding=bool(shared.state[_S_HAND_GUIDING]),
+            gains=tuple(shared.state[_S_GAINS].tolist()),
             last_error=shared.message if int(status[_ABORTS]) or shared.phase == FAILED else "",
         )
 
@@ -541,6 +635,7 @@ class LibfrankaArm:
             "aborts": str(stats.aborts),
             "rejected_targets": str(stats.rejected_targets),
             "last_error": stats.last_error,
+            **gain_diagnostics(np.array(stats.gains)),
         }
 
     def recover(self) -> str:

@@ -4,9 +4,10 @@
 Unlike the real arm, nothing runs by itself: the driver node calls ``advance`` from its timer, and the
 backend steps physics for the simulated time owed (``real_time_factor`` simulated seconds per wall second),
 in steps of one state period. Like a real arm it stops on a reflex: when the force on the tool exceeds
-``sim.reflex_force`` it holds its pose and refuses targets until ``recover``. With a ``VirtualCell`` it also
-serves its camera (every ``camera_period`` of simulated time) and every F/T sample over the real devices'
-protocols.
+``sim.reflex_force`` it holds its pose and refuses targets until ``recover`` (a reflex also ends hand guiding).
+With a ``VirtualCell`` it also serves its camera (every ``camera_period`` of simulated time) and every F/T sample
+over the real devices' protocols. ``set_hand_force`` stands in for a person's hand on the tool (hand guiding
+rehearsed and tested without one).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from msdp import vocabulary as vocab
-from msdp_franka_driver.backend import ArmSnapshot
+from msdp_franka_driver.backend import ArmSnapshot, gain_diagnostics
+from msdp_franka_driver.control_law import HandGuidingConfig, ImpedanceConfig
 from msdp_franka_driver.sim.config import EnvConfig, VirtualCellConfig
 from msdp_franka_driver.sim.env import FrankaTaskEnv
 
@@ -31,8 +33,10 @@ class MujocoArm:
         real_time_factor: float = 1.0,
         virtual_cell: VirtualCellConfig | None = None,
         camera_period: float = 0.1,
+        hand_guiding: HandGuidingConfig | None = None,
     ):
         self.env = FrankaTaskEnv(config)
+        self.hand_guiding = hand_guiding or HandGuidingConfig()
         self.virtual_cell = None
         if virtual_cell is not None:
             from msdp_franka_driver.sim.virtual_cell import VirtualCell
@@ -96,6 +100,7 @@ class MujocoArm:
         force = float(np.linalg.norm(snapshot.wrench[:3]))
         if limit > 0 and force > limit and not self._fault:
             self._fault = f"cartesian_reflex: {force:.1f} N on the tool (limit sim.reflex_force {limit} N)"
+            self.sim.controller.hand_guide(None)
             self._hold()
 
     def _hold(self) -> None:
@@ -106,6 +111,20 @@ class MujocoArm:
         if self._fault:
             return False
         return self.sim.set_target(position, orientation)
+
+    def set_gains(self, impedance: ImpedanceConfig) -> None:
+        self.sim.controller.set_gains(impedance.gains())
+
+    def hand_guide(self, on: bool) -> str:
+        if on and self._fault:
+            return f"cannot hand guide: the arm is stopped ({self._fault})"
+        self.sim.controller.hand_guide(self.hand_guiding if on else None)
+        if on:
+            return "hand guiding: the gains ramp down, the arm follows a push (sim.hand_force in simulation)"
+        return "hand guiding ended: holding the pose the arm is at, the gains ramp back up"
+
+    def set_hand_force(self, force: np.ndarray) -> None:
+        self.sim.set_hand_force(force)
 
     def snapshot(self) -> ArmSnapshot:
         return self.sim.snapshot()
@@ -122,7 +141,12 @@ class MujocoArm:
         )
 
     def diagnostics(self) -> dict[str, str]:
-        return {"rejected_targets": str(self.sim.controller.safety.rejected), "sim_time_s": f"{self.sim.time:.3f}"}
+        controller = self.sim.controller
+        return {
+            "rejected_targets": str(controller.safety.rejected),
+            "sim_time_s": f"{self.sim.time:.3f}",
+            **gain_diagnostics(controller.ramp.value),
+        }
 
     def image(self) -> np.ndarray:
         return self.sim.render()

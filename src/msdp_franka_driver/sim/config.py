@@ -22,6 +22,12 @@ class SimConfig:
         default=0.0,
         metadata=param_range(0.0, 1000.0, "N on the tool that stops the arm like a libfranka reflex; 0 = off"),
     )
+    hand_force: tuple[float, float, float] = field(
+        default=(0.0, 0.0, 0.0),
+        metadata=param_range(
+            -100.0, 100.0, "N, base frame: a simulated hand pushing the tool (the driver sets it at run time too)"
+        ),
+    )
 
 
 @dataclass(frozen=True)

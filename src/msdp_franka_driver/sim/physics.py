@@ -102,6 +102,7 @@ class SimulatedFranka:
         self.rng = np.random.default_rng(0)
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
         self._steps = 0
+        self.hand_force = np.array(config.hand_force, dtype=float)
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -159,6 +160,7 @@ class SimulatedFranka:
             orientation=orientation,
             wrench=self.wrench(),
             holding=self.controller.safety.holding,
+            hand_guiding=self.controller.hand_guiding is not None,
         )
 
     # -- motion --------------------------------------------------------------------------------
@@ -170,6 +172,7 @@ class SimulatedFranka:
         mujoco.mj_resetData(self.model, self.data)
         self.data.time = elapsed
         self.data.qpos[:N_JOINTS] = q
+        self.data.xfrc_applied[self._tool_body, :3] = self.hand_force
         mujoco.mj_forward(self.model, self.data)
         state = self.arm_state()
         self.controller.reset(state, torque=state.bias_torque)
@@ -183,6 +186,13 @@ class SimulatedFranka:
 
     def set_target(self, position: np.ndarray, orientation: np.ndarray) -> bool:
         return self.controller.set_target(position, orientation, self.time)
+
+    def set_hand_force(self, force: np.ndarray) -> None:
+        """A simulated hand on the tool: ``force`` (N, base frame) at the tool's centre of mass, from now until
+        changed (MuJoCo's ``xfrc_applied``; it is kept across ``reset``). The wrist sensor feels it, as it would
+        a person's hand; a person's hand itself cannot run here, so this is what tests and rehearsals use."""
+        self.hand_force = np.array(force, dtype=float)
+        self.data.xfrc_applied[self._tool_body, :3] = self.hand_force
 
     def step(self, n: int = 1) -> None:
         """Advance ``n`` physics steps, running the control law at each."""
