@@ -1,17 +1,21 @@
-"""The policy core without ROS: replay linking, the learner's ratio and resume, weight transfer, online episodes."""
+"""The policy core without ROS: replay linking, the learner's ratio and resume, weight transfer, online episodes,
+interventions in RLPD, the online learner's record of progress."""
 
 import numpy as np
 import pytest
 import torch
 
+from msdp.metrics import MetricsError, read_rows
 from msdp_perception.encoder import EncodedObservation, pack_embedding
 from msdp_perception.model import MSDPConfig
 from msdp_policy.agent import Actor, AgentConfig, SACAgent
+from msdp_policy.episodes import EpisodeResult, episode_start_json
 from msdp_policy.learner import Learner, actor_from_bytes, actor_to_bytes
 from msdp_policy.online import BadInput, OnlineEpisodes
+from msdp_policy.progress import COLUMNS, EPISODE_TEXT, ProgressLog, episode_end
 from msdp_policy.replay import Replay, to_bfloat16_bits, transition_schema
 from msdp_policy.tasks import HOLE_DEPTH, PegInsertion, TaskConfig
-from msdp_policy.transition_log import TransitionReader, TransitionWriter
+from msdp_policy.transition_log import Schema, TransitionReader, TransitionWriter
 
 MODEL = MSDPConfig(width=8)
 N = MODEL.n_tokens
@@ -244,8 +248,6 @@ DRAWS_BEFORE_INTERVENTIONS = [
 
 @pytest.mark.parametrize("old_layout", [False, True], ids=["flag_all_false", "log_from_before_the_flag"])
 def test_without_interventions_rlpd_draws_exactly_as_before(tmp_path, old_layout):
-    from msdp_policy.transition_log import Schema
-
     schema = Schema({k: v for k, v in SCHEMA.fields.items() if k != "intervention"}) if old_layout else SCHEMA
     for name, episodes, reward in (("online", [(1, 12, True), (2, 6, False)], 0.0), ("a", [(3, 9, True)], 1.0),
                                    ("b", [(4, 5, True), (5, 5, True)], 2.0)):  # fmt: skip
@@ -282,3 +284,60 @@ def test_catch_up_returns_each_metrics_mean_over_the_updates_that_made_it(tmp_pa
     actor = [float(u["actor_loss"]) for u in updates if "actor_loss" in u]
     assert len(actor) == 2 and means["actor_loss"] == pytest.approx(np.mean(actor), rel=1e-5)
     assert set(means) == {"critic_loss", "q", "actor_loss", "temperature", "entropy"}
+
+
+def episode_result(number: int, success: bool, steps: int, interventions: int = 0) -> EpisodeResult:
+    ended_by = "success" if success else "timeout"
+    return EpisodeResult(number, success, ended_by, steps, float(-steps), interventions, actor="critic_updates=5")
+
+
+def test_progress_log_rows_episode_figures_rolling_window_curves_and_tensorboard(tmp_path):
+    now = [100.0]
+    progress = ProgressLog(tmp_path, window=3, clock=lambda: now[0])
+    progress.add_updates(10, {"critic_loss": 1.0, "q": 5.0})
+    progress.add_updates(30, {"critic_loss": 3.0, "q": 7.0, "actor_loss": -2.0, "temperature": 0.1, "entropy": 1.5})
+    progress.add_episode(episode_result(0, True, 10, interventions=5))
+    progress.add_episode(episode_result(1, False, 30))
+    now[0] += 8.0
+    row = progress.row(env_steps=400, critic_updates=540)
+    assert row["critic_loss"] == pytest.approx(2.5) and row["q"] == pytest.approx(6.5)  # weighted by updates
+    assert row["actor_loss"] == -2.0 and row["updates_per_s"] == pytest.approx(40 / 8.0)
+    assert (row["wall_s"], row["env_steps"], row["critic_updates"], row["episodes"]) == (8.0, 400, 540, 2)
+    assert row["success_rate"] == 0.5 and row["return"] == -20.0 and row["episode_length"] == 20.0
+    assert row["intervention_rate"] == pytest.approx(5 / 40)  # operator steps over all steps
+    for number in (2, 3):
+        progress.add_episode(episode_result(number, True, 20, interventions=2))
+    now[0] += 2.0
+    row = progress.row(env_steps=500, critic_updates=540)
+    assert np.isnan(row["critic_loss"]) and row["updates_per_s"] == 0.0  # no updates since the last row
+    assert row["new_episodes"] == 2 and row["success_rate"] == 1.0 and row["intervention_rate"] == 0.1
+    assert row["window_success_rate"] == pytest.approx(2 / 3)  # episodes 1, 2, 3
+    assert row["window_intervention_rate"] == pytest.approx(4 / 70)
+    assert row["window_episode_length"] == pytest.approx(70 / 3)
+    progress.close()
+    assert [r["env_steps"] for r in read_rows(tmp_path / "metrics.csv", COLUMNS)] == [400, 500]
+    episodes = read_rows(tmp_path / "episodes.csv", ["episode", "success", "interventions"], EPISODE_TEXT)
+    assert [(e["episode"], e["success"], e["ended_by"], e["actor"]) for e in episodes][:2] == [
+        (0, 1, "success", "critic_updates=5"), (1, 0, "timeout", "critic_updates=5")]  # fmt: skip
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100
+
+    # a learner restarted on the folder goes on: rows, window and wall time
+    again = ProgressLog(tmp_path, window=3, clock=lambda: 0.0)
+    again.add_episode(episode_result(4, False, 10))
+    row = again.row(env_steps=600, critic_updates=600)
+    assert row["wall_s"] == 10.0 and row["episodes"] == 5 and row["window_success_rate"] == pytest.approx(2 / 3)
+    again.close()
+    assert len(read_rows(tmp_path / "metrics.csv")) == 3
+
+
+def test_progress_log_reads_only_episode_ends_and_refuses_a_foreign_metrics_file(tmp_path):
+    assert episode_end(episode_start_json(3, "policy", 1.0)) is None
+    assert episode_end(episode_result(3, True, 5).to_json()).episode == 3
+    for bad in ("not json", "[1]", '{"kind": "end", "episode": 1}', '{"kind": "middle"}'):
+        with pytest.raises(ValueError, match="not an episode result"):
+            episode_end(bad)
+    (tmp_path / "metrics.csv").write_text("env_steps,success_rate\n0,0.0\n")  # what `msdp train` writes, say
+    with pytest.raises(MetricsError, match=r"metrics.csv: no column wall_s"):
+        ProgressLog(tmp_path)

@@ -1,4 +1,5 @@
-"""metrics.csv: one row per evaluation, as written by pretraining and policy training and read back on resume."""
+"""metrics.csv and its kin: rows of numbers (a few text columns where asked), as pretraining, policy training and
+the online learner write them and read them back on resume."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ class MetricsError(RuntimeError):
     """A metrics.csv that cannot be read as numbers, or lacks a column; the message names the file."""
 
 
-def write_rows(path: Path, rows: list[dict[str, float]]) -> None:
+def write_rows(path: Path, rows: list[dict[str, float | str]]) -> None:
     """Replace the file atomically: a kill while writing leaves the previous rows, which a resume reads back."""
     partial = path.with_name(path.name + ".partial")
     with open(partial, "w", newline="") as f:
@@ -21,15 +22,19 @@ def write_rows(path: Path, rows: list[dict[str, float]]) -> None:
     partial.replace(path)
 
 
-def read_rows(path: Path, required: Sequence[str] = ()) -> list[dict[str, float]]:
-    """The rows as numbers; MetricsError naming the file, line and column for anything else."""
+def read_rows(path: Path, required: Sequence[str] = (), text: Sequence[str] = ()) -> list[dict[str, float | str]]:
+    """The rows as numbers, but the ``text`` columns as they are; MetricsError naming the file, line and column
+    for anything else."""
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             missing = [name for name in required if name not in (reader.fieldnames or [])]
             if missing:
                 raise MetricsError(f"{path}: no column {', '.join(missing)} (it has {reader.fieldnames})")
-            return [{k: _number(v, path, line, k) for k, v in row.items()} for line, row in enumerate(reader, 2)]
+            return [
+                {k: v if k in text and v is not None else _number(v, path, line, k) for k, v in row.items()}
+                for line, row in enumerate(reader, 2)
+            ]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise MetricsError(f"{path}: cannot read it as CSV ({exc})") from exc
 
