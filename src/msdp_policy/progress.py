@@ -6,7 +6,7 @@ In its folder:
                     episodes (received in all), new_episodes and their figures (success_rate, return,
                     episode_length, intervention_rate), and the same over the last ``window`` episodes (window_...)
     episodes.csv    one row per episode result received (EpisodeResult's fields, and wall_s)
-    curves.png      the rows against environment steps, redrawn with each row (~0.3 s; skipped while drawing
+    curves.png      the rows against environment steps, redrawn with each row (~0.5 s; skipped while drawing
                     would take over a tenth of the learner's time, and drawn at ``close``)
     tensorboard/    the same rows as TensorBoard scalars (tag progress/<column>, step env_steps)
 
@@ -71,7 +71,7 @@ class ProgressLog:
             columns = ["wall_s", *(f.name for f in fields(EpisodeResult))]
             self.episodes = read_rows(self.episodes_path, columns, EPISODE_TEXT)
         self.window: deque[dict[str, float | str]] = deque(self.episodes, maxlen=window)
-        self.wall_offset = self.rows[-1]["wall_s"] if self.rows else 0.0  # wall_s goes on over restarts
+        self.wall_offset = max([0.0, *(r[-1]["wall_s"] for r in (self.rows, self.episodes) if r)])  # over restarts
         self.started = self.last_row_at = clock()
         self.new_episodes: list[dict[str, float | str]] = []
         self.sums: dict[str, float] = {}
