@@ -314,6 +314,28 @@ def _teach_goal(args: argparse.Namespace) -> int:
     return main(ros_args(params))
 
 
+def _rehearse(args: argparse.Namespace) -> int:
+    from msdp.processes import NodeDied
+    from msdp_policy.rehearsal import Rehearsal, load_rehearsal_config
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise ConfigError(f"--out {out} already exists; continue it with --resume, or choose a new folder")
+    config = load_rehearsal_config(args.config, args.short, args.set)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        report = Rehearsal(config, out).run()
+    except (NodeDied, TimeoutError) as exc:
+        print(f"msdp rehearse: {exc}; continue with --resume", file=sys.stderr)
+        return 1
+    evaluation = report["evaluation"]
+    print(
+        f"rehearse: {evaluation['success_rate']:.0%} success ({evaluation['successes']}/{evaluation['episodes']}) "
+        f"after {report['online']['steps']} interactions; {report['total_minutes']:.1f} min; report {out / 'report.md'}"
+    )
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from msdp_policy.evaluation import Perturbations, evaluate_policy
 
@@ -481,6 +503,13 @@ def build_parser() -> ArgumentParser:
     teach.add_argument("--still-time", type=float, default=2.0, help="s still before 'still' confirms")
     teach.add_argument("--timeout", type=float, default=600.0, help="s to wait for a confirmation")
     teach.add_argument("--sim-time", action="store_true", help="use_sim_time (next to the simulated driver)")
+
+    re_ = command("rehearse", _rehearse, "the paper's real-robot protocol on the simulated arm in real time over ROS: "
+                  "teach, demonstrations, play, pretraining, RLPD online, evaluation; writes a report")  # fmt: skip
+    re_.add_argument("--out", default="runs/rehearsal", help="rehearsal folder (default: runs/rehearsal)")
+    re_.add_argument("--short", action="store_true", help="every phase at a smoke-test size (about two minutes)")
+    re_.add_argument("--resume", action="store_true", help="continue an interrupted rehearsal in --out")
+    add_config_arguments(re_, "rehearse.yaml")
 
     cv = command("curves", _curves, "plot several training runs' learning curves in one PNG")
     cv.add_argument("runs", nargs="+", help="run folders (each with metrics.csv)")

@@ -21,6 +21,7 @@ from msdp_franka_driver.pose import quat_yaw
 from msdp_perception.bags import BagError, BagReader
 from msdp_perception.checkpoint import load_encoder
 from msdp_perception.dataset import BagDataset, find_bags
+from msdp_policy.episodes import POSE_MATCH_NS
 from msdp_policy.replay import embedding_record, final_record, log_meta, step_record, transition_schema
 from msdp_policy.tasks import TaskConfig, action_spec, make_task
 from msdp_policy.transition_log import TransitionWriter
@@ -42,22 +43,23 @@ def check_reward_topics(bag: Path, topics: dict[str, str]) -> None:
 
 
 def poses_and_goals(bag: Path, stamps_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per sample: the tool pose stamped at the sample's time (N, 7), and the latest goal at or before it
-    (N, 7; NaN before the first goal)."""
+    """Per sample: the tool pose at the sample's time -- the newest at or before it, at most ``POSE_MATCH_NS``
+    older, as the teleop and policy nodes score -- (N, 7), and the latest goal at or before it (N, 7); NaN where
+    there is none."""
     with BagReader(bag) as reader:
         check_reward_topics(bag, reader.topics)
         found: dict[str, list[tuple[int, np.ndarray]]] = {POSE_TOPIC: [], GOAL_TOPIC: []}
         for topic, _, _, msg in reader.messages([POSE_TOPIC, GOAL_TOPIC]):
             found[topic].append((stamp_nanoseconds(msg.header), _pose_array(msg)))
     out = []
-    for topic, exact in ((POSE_TOPIC, True), (GOAL_TOPIC, False)):
+    for topic, max_age in ((POSE_TOPIC, POSE_MATCH_NS), (GOAL_TOPIC, None)):
         readings = sorted(found[topic], key=lambda r: r[0])
         times = np.array([t for t, _ in readings], np.int64)
         values = np.array([v for _, v in readings]).reshape(-1, 7)
         index = np.searchsorted(times, stamps_ns, side="right") - 1
         valid = index >= 0
-        if exact:
-            valid &= times[np.maximum(index, 0)] == stamps_ns
+        if max_age is not None:
+            valid &= stamps_ns - times[np.maximum(index, 0)] <= max_age
         result = np.full((len(stamps_ns), 7), np.nan)
         result[valid] = values[index[valid]]
         out.append(result)
@@ -93,8 +95,8 @@ def offline_log_from_bags(
                 following = data.next_index[i]
                 if following < 0:
                     writer.append(final_record(fields, episode, task_code.action_dim, terminal=False))
+                    counts["episodes"] += int(i > 0 and data.next_index[i - 1] == i)  # it closed some steps
                     episode += 1
-                    counts["episodes"] += 1
                     continue
                 if np.isnan(poses[following]).any() or np.isnan(goals[i]).any():
                     raise BagError(f"bag {bag}: no tool pose or goal for the sample at {data.stamps[i]:.3f} s")

@@ -3,17 +3,19 @@
 ``mode: drive`` (demonstrations and play; no policy, no encoder needed): the node runs episodes. Each starts
 with a reset (the driver's ``~/reset``, or on a real cell a reset motion: lift, move to a random start above
 the taught goal, settle; ``reset.*``), waits for a camera image of the new start and the arm at rest (and for the
-operator's start key if ``wait_for_start``), then at ``task.control_rate`` takes the operator's action
-(``operator.kind``: keyboard, spacemouse, scripted, random) and publishes
+operator's start key if ``wait_for_start``), then on camera images (at most ``task.control_rate``) takes the
+operator's action (``operator_kind``: keyboard, spacemouse, scripted, random) and publishes
   /franka/equilibrium_pose  the target: the tool pose + the action's displacement, in the workspace box
-  /msdp/action              the displacement, stamped with the tool pose it acted on (as the policy does)
+  /msdp/action              the displacement, stamped with the image it acted on (as the policy stamps its
+                            actions with the embedding's), so a recording links that image to the next
   /msdp/task_goal           (latched) the episode's goal, so a recording can score its episodes
   /msdp/episode             JSON: the episode's start, and its result (msdp_policy.episodes.EpisodeResult)
-An episode ends at the task's success (``auto_success``), at the operator's success, failure or abort key, or
-after ``task.max_episode_steps``; then the node waits for the image after the last action (the terminal
-observation) before the next reset. With ``operator.kind: hand`` a person moves the arm by hand: the driver's
-``~/hand_guide`` is on during the episode, no target is sent, and each action is recovered from the motion
-over one control period (stamped with the pose it started from).
+Each image is scored with the tool pose at its time, as the offline log scores the recording. An episode ends
+at the image that shows the task's success (``auto_success``), at the operator's success, failure or abort
+key, or at the image after ``task.max_episode_steps`` actions (the terminal observation). With
+``operator_kind: hand`` a person moves the arm by hand: the driver's ``~/hand_guide`` is on during the
+episode, no target is sent, and each action is recovered from the motion between two images (stamped with
+the first).
 
 ``mode: intervene`` (next to a learning policy node): the node only relays the operator: while the operator
 drives, /msdp/operator/action carries the displacement, and every key or button event goes on
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +47,7 @@ from msdp.vocabulary import pose_arrays, stamp_nanoseconds
 from msdp_franka_driver.control_law import SafetyConfig, check_box
 from msdp_franka_driver.pose import quat_yaw, yaw_quat
 from msdp_policy.episodes import (
+    POSE_MATCH_NS,
     EpisodeResult,
     ResetConfig,
     ResetFailed,
@@ -51,10 +55,11 @@ from msdp_policy.episodes import (
     episode_start_json,
     load_goal,
 )
-from msdp_policy.operators import OPERATORS, OperatorCommand, OperatorConfig, make_operator
+from msdp_policy.operators import OPERATORS, OperatorConfig, make_operator
 from msdp_policy.tasks import Task, TaskConfig, action_spec, make_task, target_after, tcp_yaw, wrap_angle
 
 REST_TOLERANCE = 0.001  # m per control period: the arm is at rest when it moves less
+POSE_HISTORY = 200  # tool poses kept to find the one at an image's time (2 s at 100 Hz)
 
 
 @dataclass(frozen=True)
@@ -136,12 +141,12 @@ class TeleopNode(MsdpNode):
             self.subscription(vocab.TASK_GOAL, self.on_goal)
         self.reset_client = self.create_client(Trigger, vocab.driver_service(c.driver, vocab.RESET_SERVICE))
         self.hand_client = self.create_client(SetBool, vocab.driver_service(c.driver, vocab.HAND_GUIDE_SERVICE))
-        self.phase = "starting"  # starting -> resetting -> ready -> acting -> settling -> resetting ... -> done
+        self.phase = "starting"  # starting -> resetting -> ready -> acting -> resetting ... -> done
         self.reset_motion: ResetMotion | None = None
         self.reset_done_ns = 0
         self.rest_position: np.ndarray | None = None
-        self.previous_pose: PoseStamped | None = None  # hand guiding: where the last control period started
-        self.acted_on_ns = 0
+        self.poses: deque[PoseStamped] = deque(maxlen=POSE_HISTORY)
+        self.acted: tuple[int, PoseStamped] | None = None  # the last image acted on (stamp) and its tool pose
         self.episode = 0
         self.steps = 0
         self.episode_return = 0.0
@@ -162,10 +167,23 @@ class TeleopNode(MsdpNode):
     def on_pose(self, msg: PoseStamped) -> None:
         self.pose = msg
         self.heard[vocab.EE_POSE.name] = time.monotonic()
+        if self.config.mode == "drive":
+            self.poses.append(msg)
 
     def on_image(self, msg: Image) -> None:
         self.image_ns = stamp_nanoseconds(msg.header)
         self.heard[vocab.IMAGE.name] = time.monotonic()
+        due = self.acted is None or self.image_ns - self.acted[0] >= 0.9 * self.control_period_ns
+        if self.phase == "acting" and due:
+            self.act(self.image_ns)
+
+    def pose_at(self, stamp_ns: int) -> PoseStamped | None:
+        """The newest tool pose at or before ``stamp_ns``, if one is within ``POSE_MATCH`` of it."""
+        for pose in reversed(self.poses):
+            age = stamp_ns - stamp_nanoseconds(pose.header)
+            if age >= 0:
+                return pose if age <= POSE_MATCH_NS else None
+        return None
 
     def on_goal(self, msg: PoseStamped) -> None:
         position, orientation = pose_arrays(msg)
@@ -198,10 +216,6 @@ class TeleopNode(MsdpNode):
                 self.step_reset()
             elif self.phase == "ready" and self.episode_can_start():
                 self.begin_episode()
-            elif self.phase == "acting":
-                self.act()
-            elif self.phase == "settling" and self.image_ns >= self.acted_on_ns + self.control_period_ns:
-                self.end_episode()  # the terminal observation (an image after the last action) is on the wire
         except ResetFailed as exc:
             self.finish(1, str(exc))
 
@@ -271,8 +285,7 @@ class TeleopNode(MsdpNode):
 
     def begin_episode(self) -> None:
         self.episode += 1
-        self.steps, self.episode_return, self.ending = 0, 0.0, ""
-        self.previous_pose = self.pose
+        self.steps, self.episode_return, self.ending, self.acted = 0, 0.0, "", None
         if self.goal_pub is not None:
             self.goal_pub.publish(
                 vocab.pose_msg(ros_message, self.now_ns(), self.goal_pose[0], yaw_quat(self.goal_pose[1]))
@@ -282,9 +295,14 @@ class TeleopNode(MsdpNode):
             self.hand_client.call_async(SetBool.Request(data=True))
         self.phase = "acting"
 
-    def act(self) -> None:
-        """Score what the last action led to, end the episode if it is over, else send the next action."""
-        position, orientation = self.tool()
+    def act(self, image_ns: int) -> None:
+        """Score the tool pose at this image (what the last action led to); end the episode here if it is over
+        (this image is its terminal observation), else send the next action, stamped with the image."""
+        pose = self.pose_at(image_ns)
+        if pose is None:
+            self.get_logger().warning("no tool pose at the image's time: step skipped", throttle_duration_sec=2.0)
+            return
+        position, orientation = pose_arrays(pose)
         if self.steps > 0 and self.goal_state is not None:
             score = self.task.score_state(position, orientation, self.goal_state)
             self.episode_return += score.reward
@@ -294,31 +312,28 @@ class TeleopNode(MsdpNode):
         for event in command.events:
             if event in ("success", "failure", "abort") and not self.ending:
                 self.ending = event
+        if self.hand and self.acted is not None:  # the motion the person made since the last image
+            action = motion_action(self.action_spec, self.acted[1], pose)
+            self.publish_action(self.acted[0], action)
         if not self.ending and self.steps >= self.config.task.max_episode_steps:
             self.ending = "timeout"
         if self.ending:
-            self.phase = "settling"
             if self.hand:
                 self.hand_client.call_async(SetBool.Request(data=False))
+            self.end_episode()
             return
-        self.send(command, position, orientation)
-
-    def send(self, command: OperatorCommand, position: np.ndarray, orientation: np.ndarray) -> None:
-        if self.hand:  # the action is the motion the person made over the last period, stamped at its start
-            action = motion_action(self.action_spec, self.previous_pose, self.pose)
-            stamp = stamp_nanoseconds(self.previous_pose.header)
-            self.action_pub.publish(vocab.twist_msg(ros_message, stamp, *self.action_spec.displacement(action)))
-            self.previous_pose = self.pose
-            self.acted_on_ns = stamp_nanoseconds(self.pose.header)
-            self.steps += 1
-            return
+        self.acted = (image_ns, pose)
+        self.steps += 1
+        if self.hand:
+            return  # its action is known at the next image
         action = command.action if command.action is not None else np.zeros(self.action_spec.dim)
         target_position, target_orientation = target_after(position, orientation, action, self.action_spec)
         target_position = np.clip(target_position, self.config.workspace_min, self.config.workspace_max)
-        self.acted_on_ns = stamp_nanoseconds(self.pose.header)
         self.target_pub.publish(vocab.pose_msg(ros_message, self.now_ns(), target_position, target_orientation))
-        self.action_pub.publish(vocab.twist_msg(ros_message, self.acted_on_ns, *self.action_spec.displacement(action)))
-        self.steps += 1
+        self.publish_action(image_ns, action)
+
+    def publish_action(self, stamp_ns: int, action: np.ndarray) -> None:
+        self.action_pub.publish(vocab.twist_msg(ros_message, stamp_ns, *self.action_spec.displacement(action)))
 
     def end_episode(self) -> None:
         success = self.ending == "success"
