@@ -108,3 +108,30 @@ def test_settings_are_validated():
         from_dict(AgentConfig, {"critics": 1})
     agent = SACAgent(AgentConfig(init_temperature=0.2), WIDTH, N_TOKENS, ACTIONS)
     assert math.isclose(agent.temperature.item(), 0.2, rel_tol=1e-6) and agent.target_entropy == -ACTIONS
+
+
+def test_cloning_pulls_the_mean_action_only_to_batch_actions_the_critic_rates_higher():
+    torch.manual_seed(0)
+    agent = SACAgent(AgentConfig(hidden=32, bc_weight=1.0), WIDTH, N_TOKENS, ACTIONS)
+    b = batch(16)
+    latent = agent.critic.bridge(b["tokens"], b["present"]).detach()
+    mean_action = agent.actor.sample(b["pooled"])[2]
+    error = (mean_action - b["action"]).pow(2).sum(-1).mean()
+    loss, kept = agent.cloning_loss(latent, torch.full((16,), -1e9), mean_action, b["action"])
+    torch.testing.assert_close((loss, kept), (error, torch.tensor(1.0)))  # every batch action rated higher
+    loss, kept = agent.cloning_loss(latent, torch.full((16,), 1e9), mean_action, b["action"])
+    assert loss == 0 and kept == 0  # none: nothing to clone
+    metrics = agent.update_actor(b["pooled"], latent, b["action"])
+    assert {"bc_loss", "bc_kept"} <= metrics.keys()
+
+
+def test_without_a_cloning_weight_the_batch_actions_change_nothing():
+    updated = []
+    for data_action in (None, batch()["action"]):
+        torch.manual_seed(0)
+        agent = SACAgent(AgentConfig(hidden=32), WIDTH, N_TOKENS, ACTIONS)
+        b = batch()
+        latent = agent.critic.bridge(b["tokens"], b["present"]).detach()
+        assert "bc_loss" not in agent.update_actor(b["pooled"], latent, data_action)
+        updated.append(agent.actor.state_dict())
+    assert all(torch.equal(updated[0][k], updated[1][k]) for k in updated[0])

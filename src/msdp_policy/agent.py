@@ -48,6 +48,10 @@ class AgentConfig:
     critic_updates_per_actor_update: int = field(default=1, metadata=param_range(1, 64, "RLPD push cube: 4"))
     layer_norm: bool = field(default=False, metadata={"doc": "LayerNorm in the Q-networks (RLPD turns it on)"})
     rlpd: bool = field(default=False, metadata={"doc": "half of each batch from offline data, layer-normed critic"})
+    bc_weight: float = field(
+        default=0.0,
+        metadata=param_range(0.0, 100.0, "behaviour cloning of batch actions the critic rates higher; 0 = off"),
+    )
     precision: str = field(
         default="fp32", metadata={"choices": PRECISIONS, "doc": "bf16: forward passes and losses under autocast"}
     )
@@ -274,7 +278,7 @@ class SACAgent(nn.Module):
             metrics, latent = self.update_critic(batch, observation, next_observation)
             self.critic_updates += 1
             if self.critic_updates % self.config.critic_updates_per_actor_update == 0:
-                metrics.update(self.update_actor(observation.pooled.detach(), latent))
+                metrics.update(self.update_actor(observation.pooled.detach(), latent, batch["action"]))
         return metrics
 
     def update_critic(
@@ -298,14 +302,22 @@ class SACAgent(nn.Module):
                 p_target.lerp_(p, c.tau)
         return {"critic_loss": loss.detach(), "q": q.detach().mean()}, latent.detach()
 
-    def update_actor(self, pooled: torch.Tensor, latent: torch.Tensor) -> dict[str, torch.Tensor]:
+    def update_actor(
+        self, pooled: torch.Tensor, latent: torch.Tensor, data_action: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """``latent`` is the critic's bridge output for the same observations, detached (DrQ-v2 style): the
-        actor's loss reaches neither the bridge nor the Q-networks' weights, and the bridge is not run twice."""
-        action, log_prob, _ = self.actor.sample(pooled)
+        actor's loss reaches neither the bridge nor the Q-networks' weights, and the bridge is not run twice.
+        ``data_action`` (the batch's actions) is cloned with ``bc_weight`` where the critic prefers it."""
+        action, log_prob, mean_action = self.actor.sample(pooled)
         self.critic.q.requires_grad_(False)
         q = self.critic.q(torch.cat([latent, action], dim=-1)).mean(dim=0)
         self.critic.q.requires_grad_(True)
         actor_loss = (self.temperature.detach() * log_prob - q).mean()
+        cloning: dict[str, torch.Tensor] = {}
+        if self.config.bc_weight > 0.0 and data_action is not None:
+            bc_loss, kept = self.cloning_loss(latent, q.detach(), mean_action, data_action)
+            actor_loss = actor_loss + self.config.bc_weight * bc_loss
+            cloning = {"bc_loss": bc_loss.detach(), "bc_kept": kept}
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_optimizer.step()
@@ -314,4 +326,20 @@ class SACAgent(nn.Module):
         temperature_loss.backward()
         self.temperature_optimizer.step()
         return {"actor_loss": actor_loss.detach(), "temperature": self.temperature.detach(),
-                "entropy": -log_prob.detach().mean()}  # fmt: skip
+                "entropy": -log_prob.detach().mean(), **cloning}  # fmt: skip
+
+    def cloning_loss(
+        self, latent: torch.Tensor, q_policy: torch.Tensor, mean_action: torch.Tensor, data_action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squared error of the mean action to the batch's action, only where the critic rates the batch's action
+        above the policy's (the Q-filter of Nair et al., 2018); returns (loss, fraction kept).
+
+        Evaluation acts with the mean action, which SAC's entropy term leaves free to sit where the sampled
+        actions succeed only by their noise (pressing on the hole's edge); demonstrations in RLPD's offline half
+        pull it towards what worked, while random play and worse online actions fail the filter and are ignored.
+        """
+        with torch.no_grad():
+            q_data = self.critic.q(torch.cat([latent, data_action], dim=-1)).mean(dim=0)
+            better = (q_data > q_policy).float()
+        error = (mean_action - data_action).pow(2).sum(dim=-1)
+        return (better * error).mean(), better.mean()
