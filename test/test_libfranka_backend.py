@@ -62,8 +62,9 @@ def stream(arm: LibfrankaArm, position: np.ndarray, orientation: np.ndarray, sec
         time.sleep(0.01)
 
 
-def gains_reach(arm: LibfrankaArm, gains: tuple[float, ...], seconds: float = 3.0) -> bool:
-    """Whether the loop reports ``gains`` (its ramp runs on the robot's clock, which franka-sim may run slow)."""
+def gains_reach(arm: LibfrankaArm, gains: tuple[float, ...], seconds: float = 10.0) -> bool:
+    """Whether the loop reports ``gains`` within ``seconds``: its ramp runs on the robot's clock, which franka-sim
+    runs slower than the wall clock on a busy machine."""
     end = time.monotonic() + seconds
     while arm.loop_stats().gains != gains and time.monotonic() < end:
         time.sleep(0.01)
@@ -164,7 +165,7 @@ def test_a_gain_change_reaches_the_loop_ramped_without_a_torque_fault(arm: Libfr
     target = start.position + np.array([0.0, -0.03, 0.02])
     arm.set_gains(ImpedanceConfig(translational_stiffness=600.0, damping_ratio=1.2))
     seen = []
-    end = time.monotonic() + 3.0
+    end = time.monotonic() + 10.0  # the ramp's 1 s on franka-sim's clock (see gains_reach)
     while time.monotonic() < end and (not seen or seen[-1] != (600.0, 150.0, 1.2, 10.0)):
         assert arm.set_target(target, start.orientation)
         seen.append(arm.loop_stats().gains)

@@ -288,6 +288,15 @@ class _TorqueLoop:
             self.seen_mode = gains[_MODE_ID]
             self.controller.hand_guide(self.hand_guiding if gains[_MODE] else None)
 
+    def end_hand_guiding(self) -> None:
+        """A fault ends hand guiding (recovered, the arm holds with its gains); the state says so before the
+        phase does, since no new robot state may come for a while."""
+        self.controller.hand_guide(None)
+        block = self.shared.state
+        block[0] += 1.0
+        block[_S_HAND_GUIDING] = 0.0
+        block[0] += 1.0
+
     def connect(self, pylibfranka: Any) -> None:
         realtime = pylibfranka.RealtimeConfig.kEnforce
         if self.config.realtime == "ignore":
@@ -401,7 +410,7 @@ def _loop_main(
         except Exception as exc:  # ControlException, NetworkException, ...: the motion is over
             status[_ABORTS] += 1.0
             shared.message = f"motion aborted: {type(exc).__name__}: {exc}"
-            loop.controller.hand_guide(None)  # a fault ends hand guiding: recovered, the arm holds with its gains
+            loop.end_hand_guiding()
             status[_PHASE] = FAULT
             loop.wait_for_recovery()
             if os.getppid() != loop.parent_pid:
