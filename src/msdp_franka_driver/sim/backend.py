@@ -120,7 +120,7 @@ class MujocoArm:
             return f"cannot hand guide: the arm is stopped ({self._fault})"
         self.sim.controller.hand_guide(self.hand_guiding if on else None)
         if on:
-            return "hand guiding: the gains ramp down, the arm follows a push (sim.hand_force in simulation)"
+            return "hand guiding: the gains ramp down, the arm follows a hand (here sim.hand_force); targets ignored"
         return "hand guiding ended: holding the pose the arm is at, the gains ramp back up"
 
     def set_hand_force(self, force: np.ndarray) -> None:
