@@ -14,12 +14,7 @@ import pytest
 from msdp_franka_driver.sim.backend import MujocoArm
 from msdp_franka_driver.sim.config import EnvConfig, VirtualCellConfig
 from msdp_franka_driver.sim.virtual_cell import RDT_RECORD, RDT_REQUEST, VirtualCell
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from ros_harness import free_port
 
 
 @pytest.fixture

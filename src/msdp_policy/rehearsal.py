@@ -44,6 +44,7 @@ from msdp_policy.episodes import ResetConfig
 from msdp_policy.tasks import TaskConfig
 from msdp_policy.transition_log import LOG_FILE, TransitionReader
 
+PORTS = ("camera_port", "ft_port", "ft_http_port")  # where the cell serves: may change on resume, results do not
 PHASES = ("teach", "demos", "play", "pretrain", "offline", "learn", "eval")
 NODES = {
     "driver": "msdp_franka_driver.driver_node",
@@ -123,8 +124,14 @@ class Rehearsal:
         self.phases: dict[str, Phase] = {}
         if self.state_file.exists():
             saved = json.loads(self.state_file.read_text())
-            if saved.get("config") != to_dict(config):
-                raise ConfigError(f"{out} was rehearsed with other settings; choose a new --out or the same config")
+            ours, theirs = to_dict(config), saved.get("config", {})
+            differing = [k for k in sorted(set(ours) | set(theirs)) if k not in PORTS and ours.get(k) != theirs.get(k)]
+            if differing:
+                key = differing[0]
+                raise ConfigError(
+                    f"{out} was rehearsed with {key} {theirs.get(key)}, not {ours.get(key)}; "
+                    "resume with the same settings, or choose a new --out"
+                )
             self.phases = {p["name"]: Phase(**p) for p in saved["phases"]}
         self.goal = out / "goal.yaml"
         self.bags = {"demos": out / "bags" / "demos", "play": out / "bags" / "play"}
