@@ -15,6 +15,10 @@
     ... checkpoint:=... learn:=runs/online               # also the policy and learner nodes: online RL,
                                                          # transitions and checkpoints in runs/online
     ... checkpoint:=... policy:=runs/x/policy.safetensors deterministic:=true   # run a trained policy
+    ... learn:=... goal_file:=config/goal.yaml         # a real cell: the taught goal, motion resets
+    ... learn:=... offline:=runs/offline               # RLPD: the offline log in half of each batch
+    ... learn:=... teleop:=spacemouse                  # the operator may take over (interventions; a keyboard
+                                                       # operator: teleop_node -p mode:=intervene in a terminal)
 
 The simulated arm publishes /clock and stamps with simulated time, so the other nodes and rviz follow it with
 use_sim_time. `learn:=` needs `checkpoint:=` (the encoder the policy acts on): the launch refuses it otherwise.
@@ -72,6 +76,9 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("learn", default_value="", description="online RL run folder; empty = no learning"),
             DeclareLaunchArgument("policy", default_value="", description="policy.safetensors to act with"),
             DeclareLaunchArgument("deterministic", default_value="false", description="policy: mean action"),
+            DeclareLaunchArgument("goal_file", default_value="", description="taught goal (msdp teach-goal)"),
+            DeclareLaunchArgument("offline", default_value="", description="RLPD offline log(s), comma-separated"),
+            DeclareLaunchArgument("teleop", default_value="", description="intervening operator: spacemouse"),
             OpaqueFunction(function=refuse_learning_without_an_encoder),
             SetEnvironmentVariable(  # large camera images over DDS (see config/fastdds.xml)
                 "FASTDDS_DEFAULT_PROFILES_FILE",
@@ -164,6 +171,9 @@ def generate_launch_description() -> LaunchDescription:
                         "encoder_checkpoint": arg("checkpoint"),
                         "deterministic": arg("deterministic"),
                         "task.name": arg("task"),
+                        "goal_file": arg("goal_file"),
+                        "reset_kind": PythonExpression(["'motion' if '", arg("goal_file"), "' else 'driver'"]),
+                        "auto_recover": PythonExpression(["'", arg("goal_file"), "' != ''"]),
                         "use_sim_time": simulated,
                     },
                 ],
@@ -181,9 +191,31 @@ def generate_launch_description() -> LaunchDescription:
                         "out": learn,
                         "encoder_checkpoint": arg("checkpoint"),
                         "task.name": arg("task"),
+                        "offline": arg("offline"),
+                        "agent.rlpd": PythonExpression(["'", arg("offline"), "' != ''"]),
+                        "agent.layer_norm": PythonExpression(["'", arg("offline"), "' != ''"]),
                     },
                 ],
                 condition=IfCondition(PythonExpression(["'", learn, "' != ''"])),
+            ),
+            Node(
+                package="msdp",
+                executable="teleop_node",
+                name="teleop",
+                output="screen",
+                emulate_tty=True,
+                parameters=[
+                    os.path.join(share, "config", "teleop.yaml"),
+                    {
+                        "mode": "intervene",
+                        "operator_kind": arg("teleop"),
+                        "goal_file": arg("goal_file"),
+                        "reset_kind": "driver",
+                        "task.name": arg("task"),
+                        "use_sim_time": simulated,
+                    },
+                ],
+                condition=IfCondition(PythonExpression(["'", arg("teleop"), "' != ''"])),
             ),
             Node(
                 package="rviz2",
