@@ -130,3 +130,18 @@ def test_a_hand_guided_motion_becomes_the_action_that_would_have_asked_for_it():
     assert np.allclose(motion_action(spec, start, end), [0.5, -0.2, -0.5, 0.5])
     far = pose_msg(lambda _t, **f: SimpleNamespace(**f), 10**8, [0.6, 0.0, 0.2], DOWN)
     assert motion_action(spec, start, far)[0] == 1.0, "a faster hand than the action range is clipped"
+
+
+def test_an_intervening_expert_helps_once_per_episode_after_help_after_seconds():
+    clock = Clock()
+    config = OperatorConfig(help_after=1.0, takeover_time=0.5)
+    expert = ScriptedOperator(config, PegInsertion(), np.random.default_rng(0), clock, intervening=True)
+    tip = np.array([0.45, 0.0, 0.12])
+    for episode_start in (0.0, 10.0):
+        clock.now = episode_start
+        expert.episode_started(clock.now)
+        engaged = []
+        for k in range(40):
+            clock.now = episode_start + k * 0.1
+            engaged.append(expert.poll(tip + [0.01 * k, 0, 0], DOWN, GOAL).action is not None)
+        assert np.flatnonzero(engaged).tolist() == [10, 11, 12, 13, 14]

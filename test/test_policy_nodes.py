@@ -5,6 +5,7 @@ node is killed (SIGKILL) and restarted without losing a logged transition; when 
 keeps acting with the last weights.
 """
 
+import json
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from std_srvs.srv import Trigger
 from msdp_perception.checkpoint import save_encoder
 from msdp_perception.model import MSDPConfig, MSDPModel
 from msdp_policy.agent import Actor, AgentConfig
+from msdp_policy.episodes import Goal, save_goal
 from msdp_policy.learner import actor_to_bytes
 from msdp_policy.policy import load_policy
 from msdp_policy.tasks import TaskConfig
@@ -230,3 +232,48 @@ def test_the_policy_node_pauses_on_a_driver_fault_and_refuses_a_foreign_encoder(
         assert reader.schema.meta["encoder_checkpoint"] == str(own)
     finally:
         probe.close()
+
+
+def test_on_a_real_cells_terms_the_policy_resets_itself_and_logs_the_operators_takeovers(tmp_path):
+    """A fixed fixture, a taught goal file and motion resets (no simulator reset after the first); the scripted
+    operator (teleop node, mode intervene) helps 0.5 s into every episode: its steps act with its actions, are
+    flagged in the log and counted in the episode results on /msdp/episode."""
+    torch.manual_seed(0)
+    encoder = save_encoder(tmp_path / "encoder", MSDPModel(MSDPConfig(stem_channels=8, width=WIDTH, decoder_width=32)))
+    goal = tmp_path / "goal.yaml"
+    save_goal(Goal("peg", (0.5, 0.0, 0.02), 0.0), goal)
+    log = tmp_path / "online" / "transitions"
+    sim = {"use_sim_time": True}
+    fixed = {"task.hole_xy_range": 0.0, "task.hole_yaw_range": 0.0, "task.max_episode_steps": 20}
+    driver = {"backend": "mujoco", "marker_rate": 0.0, "real_time_factor": 2.0, **fixed}
+    policy = {"transitions": str(log), "encoder_checkpoint": str(encoder), "goal_file": str(goal),
+              "reset_kind": "motion", "reset.settle_time": 0.2, "max_episodes": 2, "agent.hidden": 32,
+              "random_steps": 10**6, **fixed, **sim}  # fmt: skip
+    operator = {"mode": "intervene", "operator_kind": "scripted", "goal_file": str(goal), "reset_kind": "driver",
+                "operator.help_after": 0.5, "operator.takeover_time": 0.6, **fixed, **sim}  # fmt: skip
+    logs = {name: tmp_path / f"{name}.log" for name in ("driver", "encoder", "policy", "operator")}
+    probe = Probe()
+    episodes = []
+    probe.node.create_subscription(String, "/msdp/episode", lambda m: episodes.append(json.loads(m.data)), 10)
+    try:
+        with (
+            node_process("msdp_franka_driver.driver_node", driver, logs["driver"]),
+            node_process("msdp_perception.encoder_node", {"checkpoint": str(encoder), **sim}, logs["encoder"]),
+            node_process("msdp_policy.teleop_node", operator, logs["operator"]),
+            node_process("msdp_policy.policy_node", policy, logs["policy"]) as node,
+        ):
+            wait_for(probe, lambda: node.poll() is not None, 120, "two episodes", logs["policy"])
+            assert node.returncode == 0, logs["policy"].read_text()[-3000:]
+            probe.spin_for(0.5)
+    finally:
+        probe.close()
+    ends = [e for e in episodes if e["kind"] == "end"]
+    assert len(ends) == 2 and [e["kind"] for e in episodes].count("start") == 2
+    assert all(e["interventions"] > 0 for e in ends), ends
+    arrays = TransitionReader(log).arrays
+    flagged = arrays["intervention"] & ~arrays["final"]
+    assert 0 < flagged.sum() == sum(e["interventions"] for e in ends)
+    for episode in np.unique(arrays["episode"]):  # one takeover per episode: 0.5 s in, for about 0.6 s (6 steps)
+        steps = np.flatnonzero(flagged[arrays["episode"] == episode])
+        assert steps.size and np.all(np.diff(steps) == 1) and steps[0] >= 3 and 4 <= steps.size <= 8, steps
+    assert "reset" not in logs["driver"].read_text().split("franka driver up", 1)[1], "the driver was asked to reset"

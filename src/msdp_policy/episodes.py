@@ -216,3 +216,11 @@ class EpisodeResult:
 def episode_start_json(episode: int, source: str, time: float) -> str:
     """What /msdp/episode carries when an episode starts (a bag's episode boundary)."""
     return json.dumps({"kind": "start", "episode": episode, "source": source, "time": time})
+
+
+def is_episode_start(text: str) -> bool:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("kind") == "start"

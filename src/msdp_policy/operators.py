@@ -61,6 +61,10 @@ class OperatorConfig:
         default=0.0,
         metadata=param_range(0.0, 30.0, "scripted, intervening: s stuck before taking over; 0 = never"),
     )
+    help_after: float = field(
+        default=0.0,
+        metadata=param_range(0.0, 600.0, "scripted, intervening: s into an episode, then help; 0 = never"),
+    )
     takeover_time: float = field(default=2.0, metadata=param_range(0.1, 30.0, "scripted: s of each takeover"))
     random_scale: float = field(default=1.0, metadata=param_range(0.0, 1.0, "random play: x full action"))
 
@@ -172,9 +176,10 @@ class SpaceMouseOperator:
 # -- the simulated task's expert, and random play ---------------------------------------------------------------
 class ScriptedOperator:
     """The task's scripted expert, acting from the tool pose and the goal: a stand-in for a person in rehearsals
-    and tests. Driving demonstrations it always acts; intervening (``stuck_time`` > 0), it takes over like a
-    person watching the policy would, when the tool has not moved more than 2 mm for ``stuck_time`` seconds
-    without succeeding, for ``takeover_time`` seconds."""
+    and tests. Driving demonstrations it always acts; intervening, it takes over like a person watching the
+    policy would, for ``takeover_time`` seconds: when the tool has not moved more than 2 mm for ``stuck_time``
+    seconds without succeeding, or when an episode has run ``help_after`` seconds (``episode_started`` tells
+    it when one starts)."""
 
     name = "scripted"
 
@@ -185,6 +190,10 @@ class ScriptedOperator:
         self.intervening = intervening
         self.history: deque[tuple[float, np.ndarray]] = deque()
         self.engaged_until = -np.inf
+        self.episode_start = np.inf
+
+    def episode_started(self, now: float) -> None:
+        self.episode_start, self.engaged_until = now, -np.inf
 
     def poll(self, tip, orientation, goal_state) -> OperatorCommand:
         if goal_state is None:
@@ -199,6 +208,10 @@ class ScriptedOperator:
 
     def _engaged(self, now: float, tip: np.ndarray, orientation: np.ndarray, goal_state) -> bool:
         if now < self.engaged_until:
+            return True
+        help_at = self.episode_start + self.config.help_after
+        if self.config.help_after > 0 and help_at <= now < help_at + self.config.takeover_time:
+            self.engaged_until = help_at + self.config.takeover_time
             return True
         if self.config.stuck_time <= 0 or self.task.score_state(tip, orientation, goal_state).success:
             self.history.clear()

@@ -89,7 +89,7 @@ class PolicyNodeConfig:
     auto_recover: bool = field(default=False, metadata={"doc": "call the driver's ~/recover after a fault"})
     recover_delay: float = field(default=2.0, metadata=param_range(0.0, 60.0, "s (wall) after a fault before it"))
     operator_timeout: float = field(
-        default=0.3, metadata=param_range(0.05, 5.0, "s an operator action stays the one acted with")
+        default=0.15, metadata=param_range(0.05, 5.0, "s (stamp age) an operator action stays the one acted with")
     )
     driver: str = field(default=f"/{vocab.DRIVER_NODE}", metadata={"doc": "driver node name (its ~/reset service)"})
     durable: bool = field(default=True, metadata={"doc": "fsync every logged transition"})
@@ -168,7 +168,7 @@ class PolicyNode(MsdpNode):
         self.rng = np.random.default_rng(c.seed)
         self.reset_motion: ResetMotion | None = None
         self.operator_action: np.ndarray | None = None
-        self.operator_at = -math.inf  # wall time the operator action came
+        self.operator_stamp = -math.inf  # s, the operator action's stamp (the teleop node's clock)
         self.operator_mark = ""  # success or failure pressed since the last step
         self.fault_at = -math.inf
         self.recover_future = None
@@ -277,7 +277,7 @@ class PolicyNode(MsdpNode):
             )
             return
         self.operator_action = self.episodes.action_spec.normalised(linear, yaw)
-        self.operator_at = time.monotonic()
+        self.operator_stamp = stamp_seconds(msg.header)
 
     def on_operator_event(self, msg: String) -> None:
         if msg.data in ("success", "failure"):
@@ -403,7 +403,7 @@ class PolicyNode(MsdpNode):
             )
             return
         rows = np.frombuffer(bytes(msg.data), dtype=np.float32).reshape(msg.height, msg.width)
-        fresh = time.monotonic() - self.operator_at <= self.config.operator_timeout
+        fresh = abs(self.now() - self.operator_stamp) <= self.config.operator_timeout
         mark, self.operator_mark = self.operator_mark, ""
         try:
             result = self.episodes.step(rows, *pose_arrays(self.pose), self.operator_action if fresh else None, mark)

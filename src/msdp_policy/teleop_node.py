@@ -53,6 +53,7 @@ from msdp_policy.episodes import (
     ResetFailed,
     ResetMotion,
     episode_start_json,
+    is_episode_start,
     load_goal,
 )
 from msdp_policy.operators import OPERATORS, OperatorConfig, make_operator
@@ -129,6 +130,7 @@ class TeleopNode(MsdpNode):
             self.event_pub = self.publisher(vocab.OPERATOR_EVENT)
             if self.taught is None:
                 self.subscription(vocab.TASK_GOAL, self.on_goal)
+            self.subscription(vocab.EPISODE, self.on_episode)
             self.create_timer(1.0 / c.task.control_rate, self.relay)
             self.get_logger().info(f"relaying operator '{c.operator_kind}' to the policy node")
             return
@@ -197,6 +199,12 @@ class TeleopNode(MsdpNode):
         return pose_arrays(self.pose)
 
     # -- intervene: relay the operator ----------------------------------------------------------------------
+    def on_episode(self, msg: String) -> None:
+        """The policy node started an episode: a scripted operator times its help from it."""
+        started = getattr(self.operator, "episode_started", None)
+        if started is not None and is_episode_start(msg.data):
+            started(self.now())
+
     def relay(self) -> None:
         if self.pose is None:
             return
