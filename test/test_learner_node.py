@@ -1,6 +1,7 @@
 """The learner node's record of progress over DDS: a learner process on a small log, fed episode results on
 /msdp/episode by a probe, leaves metrics.csv, episodes.csv, curves.png and TensorBoard events in its folder."""
 
+import json
 import time
 
 import numpy as np
@@ -10,11 +11,12 @@ from std_msgs.msg import String
 from msdp import vocabulary as vocab
 from msdp.metrics import read_rows
 from msdp.node import QOS
+from msdp.specs import ActionSpec
 from msdp_perception.checkpoint import save_encoder
 from msdp_perception.model import MSDPConfig, MSDPModel
 from msdp_policy.episodes import EpisodeResult, episode_start_json
 from msdp_policy.progress import COLUMNS, EPISODE_TEXT
-from msdp_policy.replay import embedding_record, final_record, step_record, transition_schema
+from msdp_policy.replay import embedding_record, final_record, log_meta, step_record, transition_schema
 from msdp_policy.transition_log import TransitionWriter
 from ros_harness import Probe, node_process
 
@@ -23,10 +25,10 @@ pytestmark = pytest.mark.ros
 MODEL = MSDPConfig(stem_channels=8, width=16, decoder_width=16)
 
 
-def write_token_log(folder, episodes: int, steps: int) -> None:
+def write_token_log(folder, episodes: int, steps: int, meta: dict | None = None) -> None:
     """A frozen-encoder log of ``episodes`` episodes of ``steps`` steps, the middle step of each the operator's."""
     rng = np.random.default_rng(0)
-    with TransitionWriter(folder, transition_schema("msdp_frozen", MODEL, 4), durable=False) as writer:
+    with TransitionWriter(folder, transition_schema("msdp_frozen", MODEL, 4, meta), durable=False) as writer:
         for episode in range(episodes):
             for step in range(steps + 1):
                 tokens = rng.normal(size=(MODEL.n_tokens, MODEL.width)).astype(np.float32)
@@ -49,12 +51,11 @@ def wait_for(probe: Probe, condition, timeout: float, what: str, log) -> None:
 
 
 def test_the_learner_node_records_its_updates_and_the_episode_results_it_hears(tmp_path):
-    write_token_log(tmp_path / "transitions", episodes=3, steps=10)
-    encoder = save_encoder(tmp_path / "encoder", MSDPModel(MODEL))  # named in the policy the learner saves
+    encoder = save_encoder(tmp_path / "encoder", MSDPModel(MODEL))  # the log names it: policy.json will too
+    write_token_log(tmp_path / "transitions", episodes=3, steps=10, meta=log_meta(encoder, MODEL, ActionSpec()))
     out, log = tmp_path / "online", tmp_path / "learner.log"
     params = {
-        "transitions": str(tmp_path / "transitions"), "out": str(out), "encoder_checkpoint": str(encoder),
-        "update_after": 1, "metrics_every": 20,
+        "transitions": str(tmp_path / "transitions"), "out": str(out), "update_after": 1, "metrics_every": 20,
         "checkpoint_every": 1000, "agent.hidden": 16, "agent.batch_size": 8, "agent.critic_updates_per_step": 2,
     }  # fmt: skip
     results = [
@@ -89,5 +90,16 @@ def test_the_learner_node_records_its_updates_and_the_episode_results_it_hears(t
     assert [(e["episode"], e["success"], e["ended_by"], e["interventions"]) for e in episodes] == [
         (0, 1, "success", 2), (1, 0, "timeout", 0), (2, 1, "success", 1)]  # fmt: skip
     assert (out / "curves.png").exists() and list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((out / "policy.json").read_text())["encoder_checkpoint"] == str(encoder)
     text = log.read_text()
     assert text.count("/msdp/episode: not an episode result") == 1 and "kind': 'start" not in text, text[-3000:]
+
+
+def test_the_learner_node_refuses_a_log_that_names_no_encoder_when_given_none(tmp_path):
+    """Its first checkpoint would fail (the saved policy names its encoder): it says so at the start instead."""
+    write_token_log(tmp_path / "transitions", episodes=1, steps=3)  # a log from before meta
+    params = {"transitions": str(tmp_path / "transitions"), "out": str(tmp_path / "online")}
+    with node_process("msdp_policy.learner_node", params, tmp_path / "learner.log") as process:
+        assert process.wait(timeout=20) == 2
+    text = (tmp_path / "learner.log").read_text()
+    assert "parameter 'encoder_checkpoint' is needed:" in text and "does not name its encoder" in text, text

@@ -44,7 +44,7 @@ class LearnerNodeConfig:
     transitions: str = field(default="runs/online/transitions", metadata={"doc": "the policy's transition log"})
     out: str = field(default="runs/online", metadata={"doc": "checkpoints (agent.pt, policy.safetensors), progress"})
     offline: str = field(default="", metadata={"doc": "RLPD: comma-separated offline transition logs"})
-    encoder_checkpoint: str = field(default="", metadata={"doc": "recorded in policy.json for msdp eval"})
+    encoder_checkpoint: str = field(default="", metadata={"doc": "for policy.json (msdp eval); '': the log's"})
     update_after: int = field(default=1000, metadata=param_range(1, 10**7, "logged steps before the first update"))
     updates_per_tick: int = field(default=10, metadata=param_range(1, 10_000, "updates per 20 ms timer tick"))
     publish_every: int = field(default=100, metadata=param_range(1, 10**7, "critic updates between publishes"))
@@ -65,6 +65,7 @@ class LearnerNode(MsdpNode):
         seed_run(self.config.seed)
         self.learner: Learner | None = None
         self.action_dim = 0
+        self.encoder_checkpoint = ""  # the parameter, or else the one the log names
         self.exit_code: int | None = None
         self.published_at = -1
         self.saved_at = 0
@@ -85,11 +86,15 @@ class LearnerNode(MsdpNode):
         fields = reader.schema.fields
         if "tokens" not in fields:
             raise ConfigError(f"{c.transitions}: the learner node trains on token logs (msdp_frozen) only")
+        self.encoder_checkpoint = c.encoder_checkpoint or reader.schema.meta.get("encoder_checkpoint", "")
+        if not self.encoder_checkpoint:  # else the first checkpoint would fail: the saved policy names its encoder
+            raise ConfigError(f"parameter 'encoder_checkpoint' is needed: {c.transitions} does not name its encoder")
         logged_encoder = reader.schema.meta.get("encoder")
-        if c.encoder_checkpoint and logged_encoder and encoder_identity(c.encoder_checkpoint) != logged_encoder:
+        if logged_encoder and encoder_identity(self.encoder_checkpoint) != logged_encoder:
             raise ConfigError(
-                f"parameter 'encoder_checkpoint': {c.encoder_checkpoint} is not the encoder that made {c.transitions} "
-                f"({reader.schema.meta.get('encoder_checkpoint')}); the saved policy would name the wrong encoder"
+                f"parameter 'encoder_checkpoint': {self.encoder_checkpoint} is not the encoder that made "
+                f"{c.transitions} ({reader.schema.meta.get('encoder_checkpoint')}); the saved policy would name the "
+                f"wrong encoder"
             )
         n_tokens, width = fields["tokens"][1]
         self.action_dim = fields["action"][1][0]
@@ -171,7 +176,7 @@ class LearnerNode(MsdpNode):
         info = PolicyInfo(
             agent=self.config.agent,
             encoder_variant="msdp_frozen",
-            encoder_checkpoint=self.config.encoder_checkpoint,
+            encoder_checkpoint=self.encoder_checkpoint,
             sensors="vision,ft,proprio",
             task=to_dict(self.config.task),
             action_dim=self.action_dim,
