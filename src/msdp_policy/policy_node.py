@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from geometry_msgs.msg import PoseStamped, TwistStamped
+from rclpy.duration import Duration
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Float32, String, UInt8MultiArray
 from std_srvs.srv import Trigger
@@ -384,6 +385,7 @@ class PolicyNode(MsdpNode):
         c = self.config
         if (c.max_episodes and e.episodes_done >= c.max_episodes) or (c.max_steps and self.steps_taken >= c.max_steps):
             self.get_logger().info(f"done: {e.episodes_done} episodes, {self.steps_taken} steps")
+            self.episode_pub.wait_for_all_acked(Duration(seconds=2.0))  # the last result reaches the learner
             self.exit_code = 0
 
     def on_embedding(self, msg: Image) -> None:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from geometry_msgs.msg import PoseStamped
 from rclpy.clock import Clock, ClockType
+from rclpy.duration import Duration
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
@@ -367,6 +368,7 @@ class TeleopNode(MsdpNode):
 
     def finish(self, code: int, message: str) -> None:
         self.phase = "done"
+        self.episode_pub.wait_for_all_acked(Duration(seconds=2.0))  # the last result reaches the recorder
         self.exit_code = code
         (self.get_logger().info if code == 0 else self.get_logger().error)(message)
 
