@@ -110,7 +110,7 @@ class TestRecorder:
 def test_shipped_recorder_config_validates_and_lists_the_default_topics():
     config = load_params_file(RecorderConfig, ROOT / "config" / "recorder.yaml", "recorder")
     assert config == RecorderConfig()
-    extra = {"/franka/equilibrium_pose", "/msdp/embedding", "/msdp/task_goal", "/msdp/reward"}
+    extra = {"/franka/equilibrium_pose", "/msdp/embedding", "/msdp/task_goal", "/msdp/reward", "/msdp/episode"}
     assert set(config.topic_list()) == {*RECORDED, *extra}
 
 
