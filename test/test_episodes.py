@@ -179,3 +179,29 @@ def test_the_operators_mark_ends_the_episode_with_that_outcome(tmp_path, mark, t
     writer.close()
     logged = TransitionReader(tmp_path).arrays
     assert logged["terminal"].tolist() == [terminal, terminal] and logged["reward"][0] == float(terminal)
+
+
+def test_a_recordings_episode_results_leave_out_aborted_episodes_and_mark_the_operators_successes(tmp_path):
+    from msdp.vocabulary import EPISODE
+    from msdp_franka_driver.sim.collect import bag_message
+    from msdp_perception.bags import BagWriter
+    from msdp_policy.episodes import episode_start_json
+    from msdp_policy.offline import operator_labels
+
+    results = [  # (start s, end s, how it ended)
+        (1.0, 2.0, EpisodeResult(1, True, "success", 10, 1.0, source="keyboard", time=2.0)),
+        (3.0, 4.0, EpisodeResult(2, False, "abort", 10, 0.0, source="keyboard", time=4.0)),
+        (5.0, 6.0, EpisodeResult(3, False, "timeout", 10, 0.0, source="keyboard", time=6.0)),
+    ]
+    with BagWriter(tmp_path / "bag") as writer:
+        writer.add_topic(EPISODE.name, EPISODE.msgtype)
+        for start, end, result in results:
+            for at, text in ((start, episode_start_json(result.episode, "keyboard", start)), (end, result.to_json())):
+                writer.write(EPISODE.name, round(at * 1e9), bag_message(EPISODE.msgtype, data=text))
+    stamps = np.round(np.arange(0.5, 6.5, 0.1) * 1e9).astype(np.int64)  # samples at 10 Hz
+    ends = (stamps % 1_000_000_000) == 0  # the image at an episode's end is its terminal observation: no action
+    linked = np.where(ends, -1, np.arange(len(stamps)) + 1)
+    aborted, marked = operator_labels(tmp_path / "bag", stamps, linked)
+    times = stamps / 1e9
+    assert np.allclose(times[aborted], np.arange(3.0, 4.05, 0.1))
+    assert np.allclose(times[marked], [1.9]), "the last linked step of the episode the operator marked successful"

@@ -3,12 +3,16 @@
 Every synchronised sample of the bags is encoded with the frozen encoder; a sample followed by an action
 becomes a step whose reward and success come from the task code (the tool pose after the action, from
 /franka/ee_pose, against the episode's goal, from /msdp/task_goal -- ``msdp collect`` and the recorder write
-both); a sample with no action after it ends its episode (a ``final`` record). The result has the same
-schema as a training run's log, so ``msdp train --rlpd --offline LOG`` and the learner node can mix it in.
+both); a sample with no action after it ends its episode (a ``final`` record). A recording made with the
+teleop node also holds each episode's result on /msdp/episode: the steps of an episode the operator aborted
+are left out, and the last step of one the operator marked successful is a success (terminal, the success
+reward) even where the pose test did not see it. The result has the same schema as a training run's log, so
+``msdp train --rlpd --offline LOG`` and the learner node can mix it in.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +25,12 @@ from msdp_franka_driver.pose import quat_yaw
 from msdp_perception.bags import BagError, BagReader
 from msdp_perception.checkpoint import load_encoder
 from msdp_perception.dataset import BagDataset, find_bags
-from msdp_policy.episodes import POSE_MATCH_NS
+from msdp_policy.episodes import POSE_MATCH_NS, EpisodeResult, is_episode_start
 from msdp_policy.replay import embedding_record, final_record, log_meta, step_record, transition_schema
 from msdp_policy.tasks import TaskConfig, action_spec, make_task
 from msdp_policy.transition_log import TransitionWriter
 
-POSE_TOPIC, GOAL_TOPIC = vocab.EE_POSE.name, vocab.TASK_GOAL.name
+POSE_TOPIC, GOAL_TOPIC, EPISODE_TOPIC = vocab.EE_POSE.name, vocab.TASK_GOAL.name, vocab.EPISODE.name
 
 
 def _pose_array(msg) -> np.ndarray:
@@ -66,6 +70,35 @@ def poses_and_goals(bag: Path, stamps_ns: np.ndarray) -> tuple[np.ndarray, np.nd
     return out[0], out[1]
 
 
+def operator_labels(bag: Path, stamps_ns: np.ndarray, next_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: left out (in an episode the operator aborted), and marked successful (the last step of an
+    episode the operator ended with success), from the episode starts and results on /msdp/episode."""
+    aborted, marked = np.zeros(len(stamps_ns), bool), np.zeros(len(stamps_ns), bool)
+    with BagReader(bag) as reader:
+        if EPISODE_TOPIC not in reader.topics:
+            return aborted, marked
+        texts = [msg.data for _, _, _, msg in reader.messages([EPISODE_TOPIC])]
+    started = None
+    for text in texts:
+        if is_episode_start(text):
+            started = json.loads(text)["time"]
+            continue
+        try:
+            result = EpisodeResult.from_json(text)
+        except ValueError as exc:
+            raise BagError(f"bag {bag}: {EPISODE_TOPIC}: {exc}") from exc
+        if started is None:
+            continue  # the recording began inside this episode: its start is unknown
+        inside = (stamps_ns >= round(started * 1e9)) & (stamps_ns <= round(result.time * 1e9))
+        if result.ended_by == "abort":
+            aborted |= inside
+        elif result.success and result.source != "policy":
+            steps = np.flatnonzero(inside & (next_index >= 0))
+            marked[steps[-1:]] = True
+        started = None
+    return aborted, marked
+
+
 def offline_log_from_bags(
     bags: list[Path], encoder_checkpoint: Path, out: Path, task: TaskConfig, progress: bool = True
 ) -> dict[str, int]:
@@ -88,9 +121,13 @@ def offline_log_from_bags(
             data = BagDataset([bag], spec=model.config.observation_spec, progress=progress)
             stamps_ns = np.round(data.stamps * 1e9).astype(np.int64)
             poses, goals = poses_and_goals(bag, stamps_ns)
+            aborted, marked = operator_labels(bag, stamps_ns, data.next_index)
             embeddings = _encode(model, data, progress)
             episode = episode_base * 10**9  # ids unique across bags
             for i in range(len(data)):
+                if aborted[i]:
+                    episode += int(i == 0 or not aborted[i - 1])  # nothing links across the left-out stretch
+                    continue
                 fields = {name: values[i] for name, values in embeddings.items()}
                 following = data.next_index[i]
                 if following < 0:
@@ -103,10 +140,12 @@ def offline_log_from_bags(
                 goal = goals[i]
                 goal_state = task_code.state_from_goal(goal[:3], quat_yaw(goal[3:]))
                 score = task_code.score_state(poses[following, :3], poses[following, 3:], goal_state)
+                success = score.success or marked[i]
+                reward = task_code.reward(score.reward, True) if marked[i] and not score.success else score.reward
                 action = spec.normalised(data.actions[i][:3], data.actions[i][3])
-                writer.append(step_record(fields, episode, action, score.reward, score.success))
+                writer.append(step_record(fields, episode, action, reward, success))
                 counts["steps"] += 1
-                counts["successes"] += int(score.success)
+                counts["successes"] += int(success)
     return counts
 
 
