@@ -95,7 +95,7 @@ def test_keys_typed_in_the_teleop_terminal_drive_a_recorded_demonstration(tmp_pa
 def test_a_hand_guided_demonstration_records_the_motion_the_hand_made_as_actions(tmp_path):
     bag = tmp_path / "hand"
     logs = {name: tmp_path / f"{name}.log" for name in ("driver", "recorder", "teleop")}
-    params = {"operator_kind": "hand", "episodes": 1, "reset_kind": "driver", "auto_success": False,
+    params = {"operator_kind": "hand", "episodes": 2, "reset_kind": "driver", "auto_success": False,
               "task.max_episode_steps": 40, "use_sim_time": True}  # fmt: skip
     probe = Probe("hand")
     try:
@@ -120,17 +120,22 @@ def test_a_hand_guided_demonstration_records_the_motion_the_hand_made_as_actions
             assert teleop.returncode == 0, logs["teleop"].read_text()[-3000:]
     finally:
         probe.close()
+    assert [r["ended_by"] for r in episode_results(bag) if r["kind"] == "end"] == ["timeout", "timeout"]
     data = BagDataset([bag], progress=False)
-    linked = np.flatnonzero(data.next_index >= 0)
-    assert len(linked) >= 20
+    first = [int(np.flatnonzero(data.next_index >= 0)[0])]  # the first episode: its chain of linked samples
+    while data.next_index[first[-1]] >= 0:
+        first.append(int(data.next_index[first[-1]]))
+    assert len(first) >= 30
     with BagReader(bag) as reader:
         poses = {stamp_nanoseconds(m.header): np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z])
                  for _, _, _, m in reader.messages(["/franka/ee_pose"])}  # fmt: skip
         targets = [m for _, _, _, m in reader.messages(["/franka/equilibrium_pose"])]
     assert not targets, "a hand-guided demonstration sends no target"
-    moved = data.actions[linked, 1].sum()
+    moved = data.actions[first[:-1], 1].sum()
     times = np.array(sorted(poses))
-    first, last = data.stamps[linked[0]], data.stamps[data.next_index[linked[-1]]]
-    at = [poses[times[np.searchsorted(times, round(t * 1e9), side="right") - 1]] for t in (first, last)]
+    at = [
+        poses[times[np.searchsorted(times, round(data.stamps[k] * 1e9), side="right") - 1]]
+        for k in (first[0], first[-1])
+    ]
     assert moved > 0.02, f"the hand moved the tool {moved:.3f} m to the left over the episode"
     assert moved == pytest.approx(at[1][1] - at[0][1], abs=0.005), "the actions add up to the motion"

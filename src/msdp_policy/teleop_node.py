@@ -144,8 +144,9 @@ class TeleopNode(MsdpNode):
             self.subscription(vocab.TASK_GOAL, self.on_goal)
         self.reset_client = self.create_client(Trigger, vocab.driver_service(c.driver, vocab.RESET_SERVICE))
         self.hand_client = self.create_client(SetBool, vocab.driver_service(c.driver, vocab.HAND_GUIDE_SERVICE))
-        self.phase = "starting"  # starting -> resetting -> ready -> acting -> resetting ... -> done
+        self.phase = "starting"  # starting -> resetting -> ready -> acting [-> releasing] -> resetting ... -> done
         self.reset_motion: ResetMotion | None = None
+        self.hand_off = None  # hand guiding's end, answered by the driver before the next reset
         self.reset_done_ns = 0
         self.rest_position: np.ndarray | None = None
         self.poses: deque[PoseStamped] = deque(maxlen=POSE_HISTORY)
@@ -220,6 +221,8 @@ class TeleopNode(MsdpNode):
     def on_tick(self) -> None:
         try:
             if self.phase == "starting" and self.ready():
+                self.start_reset()
+            elif self.phase == "releasing" and self.hand_off.done():
                 self.start_reset()
             elif self.phase == "resetting" and self.reset_motion is not None:
                 self.step_reset()
@@ -327,8 +330,8 @@ class TeleopNode(MsdpNode):
         if not self.ending and self.steps >= self.config.task.max_episode_steps:
             self.ending = "timeout"
         if self.ending:
-            if self.hand:
-                self.hand_client.call_async(SetBool.Request(data=False))
+            if self.hand:  # the driver refuses a reset while hand guiding: the next reset waits for this answer
+                self.hand_off = self.hand_client.call_async(SetBool.Request(data=False))
             self.end_episode()
             return
         self.acted = (image_ns, pose)
@@ -355,6 +358,8 @@ class TeleopNode(MsdpNode):
         )
         if self.config.episodes and self.episode >= self.config.episodes:
             self.finish(0, f"{self.episode} episodes done, {self.successes} successful")
+        elif self.hand:
+            self.phase = "releasing"
         else:
             self.start_reset()
 
