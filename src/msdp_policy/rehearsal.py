@@ -291,7 +291,7 @@ class Rehearsal:
                 str(c.pretrain_threads),
             ],
         )
-        summary = output.strip().splitlines()[0].removeprefix("pretrain: ")
+        summary = output.splitlines()[0].removeprefix("pretrain: ")
         return summary, f"msdp pretrain --bags bags/demos bags/play --steps {c.pretrain.steps} --out runs/pretrain"
 
     def offline_log(self) -> tuple[str, str]:
@@ -311,7 +311,7 @@ class Rehearsal:
                 *sets,
             ],
         )
-        return output.strip().splitlines()[-1], (
+        return output.splitlines()[-1], (
             "msdp offline-log --bags bags/demos bags/play --encoder "
             "runs/pretrain/encoder.safetensors --out runs/offline"
         )
@@ -438,16 +438,19 @@ class Rehearsal:
             raise NodeDied(f"node {name} exited with code {code}; see {self.logs / name}.log")
 
     def job(self, name: str, args: list[str]) -> str:
-        """An ``msdp`` command as a process (its own torch threads), output in ``logs/<name>.log``."""
+        """An ``msdp`` command as a process (its own torch threads); its output goes to ``logs/<name>.log`` as it
+        runs (its progress bar too: ``tail -f`` it) and is returned."""
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
-        result = subprocess.run([sys.executable, "-m", "msdp.cli", *args], capture_output=True, text=True)
-        log.write_text(result.stdout + result.stderr)
-        if result.returncode != 0:
-            raise NodeDied(
-                f"msdp {args[0]} failed (exit {result.returncode}): {result.stderr.strip()[-300:]}; see {log}"
-            )
-        return result.stdout
+        print(f"rehearse: msdp {args[0]} running, progress in {log}", flush=True)
+        with open(log, "w") as out:
+            code = subprocess.run(
+                [sys.executable, "-m", "msdp.cli", *args], stdout=out, stderr=subprocess.STDOUT
+            ).returncode
+        output = log.read_text()
+        if code != 0:
+            raise NodeDied(f"msdp {args[0]} failed (exit {code}): {output.strip()[-300:]}; see {log}")
+        return "\n".join(line for line in output.splitlines() if line.startswith(f"{args[0]}: "))
 
     # -- the report -------------------------------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
