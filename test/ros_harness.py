@@ -16,9 +16,33 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+
+
+def run_in_own_group(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a command that starts node processes in its process group; on a timeout the whole group is killed."""
+    process = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"{' '.join(args)} did not finish in {timeout} s:\n{output[-5000:]}")
+    return subprocess.CompletedProcess(args, process.returncode, output)
+
+
+def wait_for_text(log: Path, text: str, timeout: float) -> None:
+    """Until ``text`` shows in a node's log file (its start-up, or a state it reports)."""
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not in {log} after {timeout} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

@@ -15,7 +15,7 @@ from msdp.vocabulary import stamp_nanoseconds
 from msdp_perception.bags import BagReader, bag_topics, open_bag, recover_bag
 from msdp_perception.dataset import BagDataset
 from msdp_perception.recorder_node import RecorderConfig
-from ros_harness import Probe, node_process
+from ros_harness import Probe, node_process, run_in_own_group
 
 pytestmark = pytest.mark.ros
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,19 +135,6 @@ def test_recorder_refuses_to_overwrite_a_bag(tmp_path):
     result = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"'output': {tmp_path} already exists" in result.stderr
-
-
-def run_in_own_group(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """Run a command that starts node processes in its process group; on a timeout the whole group is killed."""
-    output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
-    process = subprocess.Popen(args, **output, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"{' '.join(args)} did not finish in {timeout} s:\n{output[-5000:]}")
-    return subprocess.CompletedProcess(args, process.returncode, output)
 
 
 def reset_times(bag) -> list[int]:

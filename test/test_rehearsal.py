@@ -3,37 +3,26 @@ the right artefacts to the next (a taught goal, recorded demonstrations with the
 an offline log made by that encoder, an online log and the learner's checkpoints, an evaluation, a report)."""
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
-import pytest
 
 from msdp_perception.bags import BagReader
 from msdp_perception.checkpoint import encoder_identity
 from msdp_policy.episodes import EpisodeResult, load_goal
 from msdp_policy.rehearsal import PHASES, log_statistics
 from msdp_policy.transition_log import TransitionReader
-from ros_harness import free_port
+from ros_harness import free_port, run_in_own_group
 
 
 def rehearse(out, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
     ports = ["--set", f"camera_port={free_port()}", "--set", f"ft_port={free_port(socket.SOCK_DGRAM)}",
              "--set", f"ft_http_port={free_port()}"]  # fmt: skip
     command = [sys.executable, "-m", "msdp.cli", "rehearse", "--short", "--out", str(out), *ports, *extra]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)  # fmt: skip
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"rehearse did not finish in {timeout} s:\n{output[-5000:]}")
-    return subprocess.CompletedProcess(command, process.returncode, output)
+    return run_in_own_group(command, timeout)
 
 
 def episode_results(bag) -> list[EpisodeResult]:

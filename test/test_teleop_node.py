@@ -19,7 +19,7 @@ from msdp.processes import ros_args
 from msdp.vocabulary import stamp_nanoseconds
 from msdp_perception.bags import BagReader
 from msdp_perception.dataset import BagDataset
-from ros_harness import Probe, node_process
+from ros_harness import Probe, node_process, wait_for_text
 
 pytestmark = pytest.mark.ros
 
@@ -68,9 +68,7 @@ def test_keys_typed_in_the_teleop_terminal_drive_a_recorded_demonstration(tmp_pa
     ):
         teleop, keys = teleop_in_a_terminal(params, logs["teleop"])
         try:
-            deadline = time.monotonic() + 60
-            while "press start" not in logs["teleop"].read_text() and time.monotonic() < deadline:
-                time.sleep(0.2)
+            wait_for_text(logs["teleop"], "press start", 60)
             os.write(keys, b" ")
             for _ in range(15):  # hold 'r' (up) for 1.5 s, as a terminal repeats a held key
                 os.write(keys, b"r")
@@ -105,12 +103,7 @@ def test_a_hand_guided_demonstration_records_the_motion_the_hand_made_as_actions
         ):
             teleop, keys = teleop_in_a_terminal(params, logs["teleop"])
             try:
-                deadline = time.monotonic() + 60
-                while (
-                    "hand guiding: the gains ramp down" not in logs["driver"].read_text()
-                    and time.monotonic() < deadline
-                ):
-                    time.sleep(0.2)
+                wait_for_text(logs["driver"], "hand guiding: the gains ramp down", 60)
                 set_hand_force(probe, [0.0, 1.5, 0.0])  # the person pushes the tool gently to the left
                 teleop.wait(timeout=60)
                 set_hand_force(probe, [0.0, 0.0, 0.0])
