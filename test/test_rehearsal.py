@@ -60,6 +60,7 @@ def test_a_short_rehearsal_hands_every_phase_its_artefacts_and_resumes_as_finish
     policy = json.loads((out / "online" / "policy.json").read_text())
     assert policy["encoder_checkpoint"] == str(encoder) and policy["training"]["critic_updates"] > 0
     assert (out / "online" / "agent.pt").is_file()
+    assert report["learner"]["critic_updates"] > 0 and report["episode_overhead_s"] > 0  # how it kept up, resets
 
     # evaluation: the learned policy, mean action, two episodes; the report says it all
     assert report["evaluation"]["episodes"] == 2

@@ -21,6 +21,7 @@ continues with the first unfinished one (the learning phase from its transition 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -37,6 +38,7 @@ import yaml
 from tqdm import tqdm
 
 from msdp.config import ConfigError, flatten, from_dict, param_range, to_dict
+from msdp.metrics import read_rows
 from msdp.processes import NodeDied, NodeGroup
 from msdp_perception.pretrain import PretrainConfig
 from msdp_policy.agent import AgentConfig
@@ -463,6 +465,8 @@ class Rehearsal:
             "phases": [vars(p) for p in self.phases.values()],
             "total_minutes": total / 60,
             "online": online,
+            "learner": learner_statistics(self.online, self.config.agent.critic_updates_per_step),
+            "episode_overhead_s": episode_overhead(self.online / "episodes.csv", self.config.task.control_rate),
             "evaluation": {
                 **evaluation,
                 "success_rate": evaluation["successes"] / max(1, evaluation["episodes"]),
@@ -532,9 +536,35 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def learner_statistics(run: Path, ratio: float) -> dict[str, float]:
+    """How the learner kept up in real time next to the other nodes: its updates against the interactions
+    (the configured ratio asks ``ratio`` per interaction) and its update rate, from its ``metrics.csv``."""
+    path = run / "metrics.csv"
+    if not path.exists():
+        return {}
+    rows = read_rows(path, required=("env_steps", "critic_updates", "updates_per_s"))
+    if not rows:
+        return {}
+    last = rows[-1]
+    return {"critic_updates": last["critic_updates"], "env_steps": last["env_steps"], "configured_ratio": ratio,
+            "achieved_ratio": last["critic_updates"] / max(1.0, last["env_steps"]),
+            "median_updates_per_s": float(np.median([r["updates_per_s"] for r in rows]))}  # fmt: skip
+
+
+def episode_overhead(episodes_csv: Path, control_rate: float) -> float | None:
+    """Median time between two episodes' ends beyond the steps themselves: the reset, the settling and the wait
+    for the first image (s, the node clock: wall-clock time on a real cell and in a real-time rehearsal)."""
+    if not episodes_csv.exists():
+        return None
+    rows = read_rows(episodes_csv, required=("time", "steps"), text=("ended_by", "source", "actor"))
+    gaps = [b["time"] - a["time"] - b["steps"] / control_rate for a, b in itertools.pairwise(rows)]
+    return float(np.median(gaps)) if gaps else None
+
+
 def markdown_report(report: dict[str, Any]) -> str:
-    evaluation, online = report["evaluation"], report["online"]
+    evaluation, online, learner = report["evaluation"], report["online"], report["learner"]
     low, high = evaluation["wilson_95"]
+    overhead = report["episode_overhead_s"]
     lines = [
         "# Rehearsal of the real-robot protocol (simulated FR3, real time, over ROS)",
         "",
@@ -542,6 +572,15 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"episodes, mean action; 95 % Wilson interval {low:.0%}-{high:.0%}) after {online['steps']} online "
         f"interactions; whole pipeline {report['total_minutes']:.1f} min of wall-clock time; intervention rate "
         f"{online['intervention_rate']:.1%}.",
+        "",
+        (
+            f"Learner, next to the other nodes: {learner['critic_updates']:.0f} critic updates for "
+            f"{learner['env_steps']:.0f} interactions (ratio {learner['achieved_ratio']:.2f}; configured "
+            f"{learner['configured_ratio']:g}), median {learner['median_updates_per_s']:.1f} updates/s."
+            if learner
+            else "Learner: no metrics.csv."
+        ),
+        f"Reset, settling and the first image: median {overhead:.1f} s per episode." if overhead is not None else "",
         "",
         "| phase | minutes | result | on the real cell |",
         "|---|---|---|---|",
