@@ -27,7 +27,7 @@ from msdp.seeding import seed_run
 from msdp_franka_driver.sim.env import FrankaTaskEnv
 from msdp_policy.evaluation import EVAL_SEED_BASE
 from msdp_policy.policy import Policy, load_policy
-from msdp_policy.tasks import HOLE_DEPTH
+from msdp_policy.tasks import HOLE_DEPTH, peg_yaw_error
 from msdp_policy.training import TrainConfig
 from msdp_policy.transition_log import TransitionReader
 
@@ -48,6 +48,7 @@ def episode(policy: Policy, env: FrankaTaskEnv, seed: int, deterministic: bool) 
         "length": len(tips),
         "lateral_mm": 1000 * float(np.linalg.norm(tip[:2] - hole[:2])),
         "depth_mm": 1000 * float(hole[2] + HOLE_DEPTH - tip[2]),  # below the fixture top; > 0 inside the hole
+        "yaw_error_deg": float(np.degrees(peg_yaw_error(env.sim.tcp_pose()[1], float(info["hole_yaw"])))),
         "moved_last10_mm": 1000 * float(np.linalg.norm(tips[-1] - tips[max(0, len(tips) - 11)])),
         "last5_action": np.mean(actions[-5:], axis=0).round(2).tolist(),
         "wrench_z_N": float(observation["wrench"][-1, 2]),
@@ -86,9 +87,9 @@ def main() -> None:
               f"({time.monotonic() - started:.0f} s)")  # fmt: skip
         for i, e in enumerate(episodes):
             if not e["success"]:
-                print(f"  fail {i:2d}: lateral {e['lateral_mm']:5.1f} mm, depth {e['depth_mm']:6.1f} mm, moved "
-                      f"{e['moved_last10_mm']:5.1f} mm in 10 steps, Fz {e['wrench_z_N']:6.1f} N, "
-                      f"last actions {e['last5_action']}")  # fmt: skip
+                print(f"  fail {i:2d}: lateral {e['lateral_mm']:5.1f} mm, depth {e['depth_mm']:6.1f} mm, "
+                      f"yaw {e['yaw_error_deg']:5.1f} deg, moved {e['moved_last10_mm']:5.1f} mm in 10 steps, "
+                      f"Fz {e['wrench_z_N']:6.1f} N, last actions {e['last5_action']}")  # fmt: skip
         summary = {"success_rate": rate, "episodes": episodes, "training_success": [won, total]}
         (args.run / f"real_eval_{mode}.json").write_text(json.dumps(summary, indent=1))
 
