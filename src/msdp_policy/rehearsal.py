@@ -46,7 +46,8 @@ from msdp_policy.episodes import ResetConfig
 from msdp_policy.tasks import TaskConfig
 from msdp_policy.transition_log import LOG_FILE, TransitionReader
 
-PORTS = ("camera_port", "ft_port", "ft_http_port")  # where the cell serves: may change on resume, results do not
+# How a rehearsal runs, not what it does: may change on --resume
+RUNTIME = ("camera_port", "ft_port", "ft_http_port", "pretrain_threads", "learner_threads")
 PHASES = ("teach", "demos", "play", "pretrain", "offline", "learn", "eval")
 NODES = {
     "driver": "msdp_franka_driver.driver_node",
@@ -127,7 +128,8 @@ class Rehearsal:
         if self.state_file.exists():
             saved = json.loads(self.state_file.read_text())
             ours, theirs = to_dict(config), saved.get("config", {})
-            differing = [k for k in sorted(set(ours) | set(theirs)) if k not in PORTS and ours.get(k) != theirs.get(k)]
+            keys = sorted((set(ours) | set(theirs)) - set(RUNTIME))
+            differing = [k for k in keys if ours.get(k) != theirs.get(k)]
             if differing:
                 key = differing[0]
                 raise ConfigError(
