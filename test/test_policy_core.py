@@ -341,3 +341,12 @@ def test_progress_log_reads_only_episode_ends_and_refuses_a_foreign_metrics_file
     (tmp_path / "metrics.csv").write_text("env_steps,success_rate\n0,0.0\n")  # what `msdp train` writes, say
     with pytest.raises(MetricsError, match=r"metrics.csv: no column wall_s"):
         ProgressLog(tmp_path)
+
+
+def test_the_learners_lag_travels_in_the_weights_label():
+    from msdp_policy.learner import ActorWeightsGate, updates_behind
+
+    assert updates_behind("critic_updates=500 env_steps=400 behind=320") == 320
+    assert updates_behind("critic_updates=500 env_steps=400") == 0  # a learner from before the lag was published
+    actor = Actor(AgentConfig(hidden=16), MODEL.width, 4)
+    ActorWeightsGate(actor).accept(actor_to_bytes(actor), "critic_updates=500 env_steps=400 behind=320")

@@ -186,6 +186,14 @@ def actor_from_bytes(blob: bytes, like: Actor, where: str = "actor weights") -> 
 
 
 WEIGHTS_LABEL = re.compile(r"critic_updates=(\d+)(?: \S+=\S*)*")
+BEHIND = re.compile(r"(?:^| )behind=(\d+)(?: |$)")
+
+
+def updates_behind(label: str) -> int:
+    """The critic updates the learner still owed when it published these weights (``behind=K`` in the label;
+    0 when the label does not say)."""
+    match = BEHIND.search(label)
+    return int(match.group(1)) if match else 0
 
 
 class ActorWeightsGate:

@@ -141,7 +141,8 @@ class LearnerNode(MsdpNode):
         means = learner.catch_up(env_steps, self.config.updates_per_tick)
         updates = learner.agent.critic_updates
         self.progress.add_updates(updates - before, means)
-        if updates - self.published_at >= self.config.publish_every:
+        caught_up = updates > self.published_at and learner.updates_owed(env_steps) == 0
+        if updates - self.published_at >= self.config.publish_every or caught_up:  # a waiting policy hears of it
             self.publish_weights()
         if updates - self.saved_at >= self.config.checkpoint_every:
             self.save(env_steps)
@@ -161,7 +162,9 @@ class LearnerNode(MsdpNode):
 
     def publish_weights(self) -> None:
         learner = self.learner
-        label = f"critic_updates={learner.agent.critic_updates} env_steps={learner.env_steps()}"
+        env_steps = learner.env_steps()
+        owed = learner.updates_owed(env_steps)
+        label = f"critic_updates={learner.agent.critic_updates} env_steps={env_steps} behind={owed}"
         msg = UInt8MultiArray(data=actor_to_bytes(learner.agent.actor))
         msg.layout.dim = [MultiArrayDimension(label=label, size=len(msg.data), stride=len(msg.data))]
         self.weights_pub.publish(msg)

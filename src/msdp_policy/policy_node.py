@@ -52,7 +52,7 @@ from msdp_perception.encoder import EncoderInfo
 from msdp_perception.model import MSDPConfig
 from msdp_policy.agent import Actor, AgentConfig
 from msdp_policy.episodes import EpisodeResult, ResetConfig, ResetFailed, ResetMotion, episode_start_json, load_goal
-from msdp_policy.learner import ActorWeightsGate, WeightsRefused
+from msdp_policy.learner import ActorWeightsGate, WeightsRefused, updates_behind
 from msdp_policy.online import BadInput, OnlineEpisodes
 from msdp_policy.operators import EVENTS
 from msdp_policy.policy import load_policy
@@ -89,6 +89,10 @@ class PolicyNodeConfig:
     reset: ResetConfig = field(default_factory=ResetConfig)
     auto_recover: bool = field(default=False, metadata={"doc": "call the driver's ~/recover after a fault"})
     recover_delay: float = field(default=2.0, metadata=param_range(0.0, 60.0, "s (wall) after a fault before it"))
+    learner_lag: int = field(
+        default=0,
+        metadata=param_range(0, 10**7, "between episodes, wait while the learner owes more updates; 0 = never"),
+    )
     operator_timeout: float = field(
         default=0.15, metadata=param_range(0.05, 5.0, "s (stamp age) an operator action stays the one acted with")
     )
@@ -172,6 +176,7 @@ class PolicyNode(MsdpNode):
         self.operator_stamp = -math.inf  # s, the operator action's stamp (the teleop node's clock)
         self.operator_mark = ""  # success or failure pressed since the last step
         self.fault_at = -math.inf
+        self.learner_behind = 0  # critic updates the learner owed at its last weights (their label's behind=K)
         self.recover_future = None
         self.reset_future = None
         self.reset_requested_at = -math.inf
@@ -267,7 +272,7 @@ class PolicyNode(MsdpNode):
             self.get_logger().error(f"/msdp/actor_weights refused, keeping actor {self.actor_version}: {exc}")
             return
         self.episodes.actor = actor.to(self.device)  # one reference swap: the next step acts with the new weights
-        self.actor_version = label
+        self.actor_version, self.learner_behind = label, updates_behind(label)
         self.get_logger().info(f"new actor weights: {self.actor_version}")
 
     def on_operator_action(self, msg: TwistStamped) -> None:
@@ -298,6 +303,11 @@ class PolicyNode(MsdpNode):
             self.try_recover()
             return
         if self.episodes.running or self.exit_code is not None or self.foreign_encoder:
+            return
+        between = self.reset_motion is None and self.reset_future is None and self.ready_at is None
+        if between and self.config.learner_lag and self.learner_behind > self.config.learner_lag:
+            self.get_logger().info(f"waiting for the learner: {self.learner_behind} updates behind the log",
+                                   throttle_duration_sec=10.0)  # fmt: skip
             return
         if self.config.reset_kind == "motion":
             self.step_reset_motion()

@@ -79,6 +79,9 @@ class RehearsalConfig:
     update_after: int = field(default=200, metadata=param_range(1, 10**7, "online steps before the first update"))
     eval_episodes: int = field(default=50, metadata=param_range(1, 100_000, "mean-action episodes at the end"))
     learner_threads: int = field(default=1, metadata=param_range(1, 64, "torch threads of the learner node"))
+    learner_lag: int = field(
+        default=200, metadata=param_range(0, 10**7, "between episodes the arm waits while the learner owes more")
+    )
     real_time_factor: float = field(default=1.0, metadata=param_range(0.1, 10.0, "simulated s per wall s"))
     interventions: float = field(
         default=0.0, metadata=param_range(0.0, 30.0, "scripted operator takes over after s stuck; 0 = none")
@@ -375,7 +378,9 @@ class Rehearsal:
             nodes.start(
                 "policy",
                 NODES["policy"],
-                self.policy_params(transitions, encoder_checkpoint=str(self.encoder), max_steps=remaining),
+                self.policy_params(
+                    transitions, encoder_checkpoint=str(self.encoder), max_steps=remaining, learner_lag=c.learner_lag
+                ),
             )
             self.wait(
                 nodes, "policy", remaining / c.task.control_rate * 4 + 600, progress=(transitions, done, c.online_steps)
