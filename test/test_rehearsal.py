@@ -47,11 +47,12 @@ def test_a_short_rehearsal_hands_every_phase_its_artefacts_and_resumes_as_finish
     assert len(demos) == 2 and all(r.success and r.source == "scripted" for r in demos)
     assert len(play) == 2 and all(r.source == "random" and r.ended_by == "timeout" for r in play)
 
-    # the offline log: made by the pretrained encoder from both bags, holding the demonstrations' successes
+    # the offline logs, one per recording: made by the pretrained encoder, the demonstrations' holding their successes
     encoder = out / "pretrain" / "encoder.safetensors"
-    offline = TransitionReader(out / "offline")
+    offline = TransitionReader(out / "offline" / "demos")
+    assert offline.schema.meta["encoder"] == TransitionReader(out / "offline" / "play").schema.meta["encoder"]
     assert offline.schema.meta["encoder"] == encoder_identity(encoder)
-    assert log_statistics(out / "offline")["successes"] >= 1
+    assert log_statistics(out / "offline" / "demos")["successes"] >= 1
 
     # learning: the policy logged the interactions on the same encoder; the learner left its checkpoints
     online = TransitionReader(out / "online" / "transitions")

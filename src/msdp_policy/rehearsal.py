@@ -302,26 +302,19 @@ class Rehearsal:
         return summary, f"msdp pretrain --bags bags/demos bags/play --steps {c.pretrain.steps} --out runs/pretrain"
 
     def offline_log(self) -> tuple[str, str]:
-        if self.offline.exists():
-            shutil.rmtree(self.offline)
+        """One offline log per recording: RLPD draws each batch's offline half from one of them at random, so
+        the 20 demonstrations weigh as much as the play (in one log they would be a tenth of the samples)."""
         sets = [a for key, value in flatten_values(self.config.task).items() for a in ("--set", f"task.{key}={value}")]
-        output = self.job(
-            "offline",
-            [
-                "offline-log",
-                "--bags",
-                *map(str, self.bags.values()),
-                "--encoder",
-                str(self.encoder),
-                "--out",
-                str(self.offline),
-                *sets,
-            ],
-        )
-        return output.splitlines()[-1], (
-            "msdp offline-log --bags bags/demos bags/play --encoder "
-            "runs/pretrain/encoder.safetensors --out runs/offline"
-        )
+        summaries = []
+        for name, bag in self.bags.items():
+            log = self.offline / name
+            if log.exists():
+                shutil.rmtree(log)
+            args = ["offline-log", "--bags", str(bag), "--encoder", str(self.encoder), "--out", str(log), *sets]
+            summaries.append(f"{name}: " + self.job(f"offline_{name}", args).splitlines()[-1].split(" in ")[0])
+        command = ("msdp offline-log --bags bags/demos --encoder runs/pretrain/encoder.safetensors --out runs/offline/"
+                   "demos (and the same for bags/play)")  # fmt: skip
+        return "; ".join(summaries), command
 
     def policy_params(self, transitions: Path, **extra: Any) -> dict[str, Any]:
         c = self.config
@@ -353,7 +346,7 @@ class Rehearsal:
                 {
                     "transitions": str(transitions),
                     "out": str(self.online),
-                    "offline": str(self.offline),
+                    "offline": ",".join(str(self.offline / name) for name in self.bags),
                     "encoder_checkpoint": str(self.encoder),
                     "update_after": c.update_after,
                     "threads": c.learner_threads,
@@ -393,7 +386,7 @@ class Rehearsal:
             f"intervention rate {stats['intervention_rate']:.1%}",
             "ros2 launch msdp msdp.launch.py "
             "backend:=libfranka ... checkpoint:=runs/pretrain/encoder.safetensors learn:=runs/online "
-            "offline:=runs/offline goal_file:=config/goal.yaml",
+            "offline:=runs/offline/demos,runs/offline/play goal_file:=config/goal.yaml",
         )
 
     def evaluate(self) -> tuple[str, str]:
