@@ -24,8 +24,8 @@ from msdp_franka_driver.pose import quat_multiply, yaw_quat
 from msdp_policy.tasks import DOWN, tcp_yaw, wrap_angle
 
 GOAL_FORMAT = "msdp-goal-1"
-# An image is scored with the newest tool pose at most this much older (a camera's stamps and the arm's never
-# coincide on a real cell): by the teleop node live, and by the offline log from a recording.
+# An image is scored with the tool pose nearest its stamp, at most this far from it (a camera's stamps and the
+# arm's never coincide on a real cell): by the teleop node live, and by the offline log from a recording.
 POSE_MATCH_NS = 50_000_000
 
 

@@ -47,23 +47,28 @@ def check_reward_topics(bag: Path, topics: dict[str, str]) -> None:
 
 
 def poses_and_goals(bag: Path, stamps_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per sample: the tool pose at the sample's time -- the newest at or before it, at most ``POSE_MATCH_NS``
-    older, as the teleop and policy nodes score -- (N, 7), and the latest goal at or before it (N, 7); NaN where
-    there is none."""
+    """Per sample: the tool pose at the sample's time -- the nearest, at most ``POSE_MATCH_NS`` away, as the
+    teleop node scores -- (N, 7), and the latest goal at or before it (N, 7); NaN where there is none."""
     with BagReader(bag) as reader:
         check_reward_topics(bag, reader.topics)
         found: dict[str, list[tuple[int, np.ndarray]]] = {POSE_TOPIC: [], GOAL_TOPIC: []}
         for topic, _, _, msg in reader.messages([POSE_TOPIC, GOAL_TOPIC]):
             found[topic].append((stamp_nanoseconds(msg.header), _pose_array(msg)))
     out = []
-    for topic, max_age in ((POSE_TOPIC, POSE_MATCH_NS), (GOAL_TOPIC, None)):
+    for topic in (POSE_TOPIC, GOAL_TOPIC):
         readings = sorted(found[topic], key=lambda r: r[0])
         times = np.array([t for t, _ in readings], np.int64)
         values = np.array([v for _, v in readings]).reshape(-1, 7)
-        index = np.searchsorted(times, stamps_ns, side="right") - 1
+        index = np.searchsorted(times, stamps_ns, side="right") - 1  # the latest at or before
+        if topic == POSE_TOPIC and len(times):  # the nearest, either side
+            after = np.minimum(index + 1, len(times) - 1)
+            later_is_nearer = (index < 0) | (
+                np.abs(times[after] - stamps_ns) < np.abs(stamps_ns - times[np.maximum(index, 0)])
+            )
+            index = np.where(later_is_nearer, after, index)
         valid = index >= 0
-        if max_age is not None:
-            valid &= stamps_ns - times[np.maximum(index, 0)] <= max_age
+        if topic == POSE_TOPIC:
+            valid &= np.abs(stamps_ns - times[np.maximum(index, 0)]) <= POSE_MATCH_NS
         result = np.full((len(stamps_ns), 7), np.nan)
         result[valid] = values[index[valid]]
         out.append(result)

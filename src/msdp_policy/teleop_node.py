@@ -12,7 +12,8 @@ operator's action (``operator_kind``: keyboard, spacemouse, scripted, random) an
   /msdp/episode             JSON: the episode's start, and its result (msdp_policy.episodes.EpisodeResult)
 Each image is scored with the tool pose at its time, as the offline log scores the recording. An episode ends
 at the image that shows the task's success (``auto_success``), at the operator's success, failure or abort
-key, or at the image after ``task.max_episode_steps`` actions (the terminal observation). With
+key, or at the image after ``task.max_episode_steps`` actions (the terminal observation); a few more images of
+its end go by before the reset, so a recorder that lost the terminal image never links an action across it. With
 ``operator_kind: hand`` a person moves the arm by hand: the driver's ``~/hand_guide`` is on during the
 episode, no target is sent, and each action is recovered from the motion between two images (stamped with
 the first).
@@ -62,6 +63,7 @@ from msdp_policy.tasks import Task, TaskConfig, action_spec, make_task, target_a
 
 REST_TOLERANCE = 0.001  # m per control period: the arm is at rest when it moves less
 POSE_HISTORY = 200  # tool poses kept to find the one at an image's time (2 s at 100 Hz)
+END_IMAGES = 3  # images of an episode's end state recorded before the reset
 
 
 @dataclass(frozen=True)
@@ -144,9 +146,10 @@ class TeleopNode(MsdpNode):
             self.subscription(vocab.TASK_GOAL, self.on_goal)
         self.reset_client = self.create_client(Trigger, vocab.driver_service(c.driver, vocab.RESET_SERVICE))
         self.hand_client = self.create_client(SetBool, vocab.driver_service(c.driver, vocab.HAND_GUIDE_SERVICE))
-        self.phase = "starting"  # starting -> resetting -> ready -> acting [-> releasing] -> resetting ... -> done
+        self.phase = "starting"  # starting -> resetting -> ready -> acting -> ending -> resetting ... -> done
         self.reset_motion: ResetMotion | None = None
         self.hand_off = None  # hand guiding's end, answered by the driver before the next reset
+        self.ended_ns = 0  # stamp of the image that ended the last episode
         self.reset_done_ns = 0
         self.rest_position: np.ndarray | None = None
         self.poses: deque[PoseStamped] = deque(maxlen=POSE_HISTORY)
@@ -182,12 +185,11 @@ class TeleopNode(MsdpNode):
             self.act(self.image_ns)
 
     def pose_at(self, stamp_ns: int) -> PoseStamped | None:
-        """The newest tool pose at or before ``stamp_ns``, if one is within ``POSE_MATCH`` of it."""
-        for pose in reversed(self.poses):
-            age = stamp_ns - stamp_nanoseconds(pose.header)
-            if age >= 0:
-                return pose if age <= POSE_MATCH_NS else None
-        return None
+        """The tool pose nearest ``stamp_ns``, if one is within ``POSE_MATCH_NS`` of it."""
+        if not self.poses:
+            return None
+        nearest = min(self.poses, key=lambda pose: abs(stamp_nanoseconds(pose.header) - stamp_ns))
+        return nearest if abs(stamp_nanoseconds(nearest.header) - stamp_ns) <= POSE_MATCH_NS else None
 
     def on_goal(self, msg: PoseStamped) -> None:
         position, orientation = pose_arrays(msg)
@@ -222,8 +224,9 @@ class TeleopNode(MsdpNode):
         try:
             if self.phase == "starting" and self.ready():
                 self.start_reset()
-            elif self.phase == "releasing" and self.hand_off.done():
-                self.start_reset()
+            elif self.phase == "ending" and self.image_ns >= self.ended_ns + END_IMAGES * self.control_period_ns:
+                if self.hand_off is None or self.hand_off.done():
+                    self.start_reset()
             elif self.phase == "resetting" and self.reset_motion is not None:
                 self.step_reset()
             elif self.phase == "ready" and self.episode_can_start():
@@ -358,10 +361,8 @@ class TeleopNode(MsdpNode):
         )
         if self.config.episodes and self.episode >= self.config.episodes:
             self.finish(0, f"{self.episode} episodes done, {self.successes} successful")
-        elif self.hand:
-            self.phase = "releasing"
-        else:
-            self.start_reset()
+        else:  # a few more images of the end before the reset: a recorder that lost the terminal image must not
+            self.ended_ns, self.phase = self.image_ns, "ending"  # link the last action to an image after the reset
 
     def check_sensors(self) -> None:
         now = time.monotonic()
