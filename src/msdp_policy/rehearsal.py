@@ -44,7 +44,7 @@ from msdp_perception.pretrain import PretrainConfig
 from msdp_policy.agent import AgentConfig
 from msdp_policy.episodes import ResetConfig
 from msdp_policy.tasks import TaskConfig
-from msdp_policy.transition_log import LOG_FILE, TransitionReader
+from msdp_policy.transition_log import LOG_FILE, TransitionLogError, TransitionReader
 
 # How a rehearsal runs, not what it does: may change on --resume
 RUNTIME = ("camera_port", "ft_port", "ft_http_port", "pretrain_threads", "learner_threads")
@@ -334,7 +334,8 @@ class Rehearsal:
     def learn(self) -> tuple[str, str]:
         c = self.config
         transitions = self.online / "transitions"
-        done = env_steps(transitions)
+        count = StepCounter(transitions)
+        done = count()
         remaining = max(1, c.online_steps - done)
         agent = {f"agent.{k}": v for k, v in flatten_values(c.agent).items()}
         with self.group() as nodes:
@@ -376,7 +377,7 @@ class Rehearsal:
                 ),
             )
             self.wait(
-                nodes, "policy", remaining / c.task.control_rate * 4 + 600, progress=(transitions, done, c.online_steps)
+                nodes, "policy", remaining / c.task.control_rate * 4 + 600, progress=(count, done, c.online_steps)
             )
             nodes.stop("policy")
             nodes.stop("learner")  # saves agent.pt and policy.safetensors
@@ -417,12 +418,14 @@ class Rehearsal:
         )
 
     # -- helpers ------------------------------------------------------------------------------------------------------
-    def wait(self, nodes: NodeGroup, name: str, timeout: float, progress: tuple[Path, int, int] | None = None) -> None:
+    def wait(
+        self, nodes: NodeGroup, name: str, timeout: float, progress: tuple[StepCounter, int, int] | None = None
+    ) -> None:
         """Until node ``name`` exits 0; NodeDied (another node died, or it failed) or TimeoutError otherwise."""
         deadline = time.monotonic() + timeout / self.config.real_time_factor
         bar = None
         if progress is not None:
-            folder, start, total = progress
+            count, start, total = progress
             bar = tqdm(total=total, initial=start, desc="interactions", unit="step", disable=not self.progress)
         try:
             while nodes.processes[name].poll() is None:
@@ -430,7 +433,7 @@ class Rehearsal:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"node {name} did not finish in {timeout:.0f} s; see {self.logs / name}.log")
                 if bar is not None:
-                    bar.update(max(0, env_steps(folder) - bar.n))
+                    bar.update(max(0, count() - bar.n))
                 time.sleep(0.5)
         finally:
             if bar is not None:
@@ -483,16 +486,25 @@ def flatten_values(config: Any) -> dict[str, Any]:
     return {key: value for key, (value, _) in flatten(config).items()}
 
 
-def env_steps(folder: Path) -> int:
-    """Steps (records but the final ones) in a transition log, cheaply while it grows: from its size."""
-    log = folder / LOG_FILE
-    if not log.exists():
-        return 0
-    try:
-        reader = TransitionReader(folder)
-    except Exception:  # noqa: BLE001 -- a log being created; counted next time
-        return 0
-    return int((~reader.arrays["final"]).sum())
+class StepCounter:
+    """Steps (records but the final ones) of a transition log that grows: one reader, refreshed, so each count
+    reads only what was appended since the last (reading the whole log twice a second would take CPU from the
+    nodes whose pace the rehearsal measures)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.reader = folder, None
+
+    def __call__(self) -> int:
+        try:
+            if self.reader is None:
+                if not (self.folder / LOG_FILE).exists():
+                    return 0
+                self.reader = TransitionReader(self.folder)
+            else:
+                self.reader.refresh()
+        except TransitionLogError:  # a log being created; counted next time
+            return 0
+        return int((~self.reader.arrays["final"]).sum())
 
 
 def log_statistics(folder: Path, bins: int = 0) -> dict[str, Any]:
