@@ -205,3 +205,25 @@ def test_a_recordings_episode_results_leave_out_aborted_episodes_and_mark_the_op
     times = stamps / 1e9
     assert np.allclose(times[aborted], np.arange(3.0, 4.05, 0.1))
     assert np.allclose(times[marked], [1.9]), "the last linked step of the episode the operator marked successful"
+
+
+@pytest.mark.parametrize(
+    ("position", "frame", "reason"),
+    [((0.5, 0.0, 0.02), "world", "in frame 'world'"), ((0.5, float("nan"), 0.02), "fr3_link0", "expected finite"),
+     ((0.5, 0.0, float("inf")), "", "expected finite")],
+)  # fmt: skip
+def test_a_goal_message_not_finite_or_in_another_frame_is_refused(position, frame, reason):
+    from types import SimpleNamespace
+
+    from msdp.vocabulary import pose_msg
+    from msdp_franka_driver.pose import yaw_quat
+    from msdp_policy.episodes import goal_pose_from_msg
+
+    def make(_msgtype, **fields):
+        return SimpleNamespace(**fields)
+
+    good = pose_msg(make, 0, (0.5, 0.0, 0.02), yaw_quat(0.3))  # goals travel as a yaw about z (the driver, teleop)
+    position_ok, yaw = goal_pose_from_msg(good)
+    assert np.allclose(position_ok, [0.5, 0.0, 0.02]) and yaw == pytest.approx(0.3)
+    with pytest.raises(ValueError, match=reason):
+        goal_pose_from_msg(pose_msg(make, 0, position, DOWN, frame))

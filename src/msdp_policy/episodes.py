@@ -14,13 +14,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
 from msdp import vocabulary as vocab
 from msdp.config import ConfigError, param_range
-from msdp_franka_driver.pose import quat_multiply, yaw_quat
+from msdp_franka_driver.pose import quat_multiply, quat_yaw, yaw_quat
 from msdp_policy.tasks import DOWN, tcp_yaw, wrap_angle
 
 GOAL_FORMAT = "msdp-goal-1"
@@ -74,6 +75,16 @@ def load_goal(path: str | Path, task: str | None = None) -> Goal:
     if task is not None and goal.task != task:
         raise ConfigError(f"goal file {path}: a goal of task '{goal.task}', this run's task is '{task}'")
     return goal
+
+
+def goal_pose_from_msg(msg: Any) -> tuple[np.ndarray, float]:
+    """A goal message (/msdp/task_goal, a PoseStamped) as (position, yaw); ValueError (one line) for a pose that
+    is not finite or not in the base frame, which would score every step against nonsense."""
+    position, orientation = vocab.pose_arrays(msg)
+    if msg.header.frame_id not in ("", vocab.BASE_FRAME) or not np.all(np.isfinite([*position, *orientation])):
+        raise ValueError(f"{vocab.TASK_GOAL.name} refused: {position} {orientation} in frame "
+                         f"'{msg.header.frame_id}' (expected finite, in '{vocab.BASE_FRAME}')")  # fmt: skip
+    return position, quat_yaw(orientation)
 
 
 def goal_from_pose(task: str, position: np.ndarray, orientation: np.ndarray, stamp: float) -> Goal:

@@ -46,12 +46,20 @@ from msdp.markers import sphere_marker, workspace_box_marker
 from msdp.node import MsdpNode, ros_message, run_node
 from msdp.vocabulary import pose_arrays, stamp_seconds
 from msdp_franka_driver.control_law import SafetyConfig, check_box
-from msdp_franka_driver.pose import quat_yaw, yaw_quat
+from msdp_franka_driver.pose import yaw_quat
 from msdp_perception.checkpoint import ENCODER_FORMAT, CheckpointError, encoder_identity, load_sidecar
 from msdp_perception.encoder import EncoderInfo
 from msdp_perception.model import MSDPConfig
 from msdp_policy.agent import Actor, AgentConfig
-from msdp_policy.episodes import EpisodeResult, ResetConfig, ResetFailed, ResetMotion, episode_start_json, load_goal
+from msdp_policy.episodes import (
+    EpisodeResult,
+    ResetConfig,
+    ResetFailed,
+    ResetMotion,
+    episode_start_json,
+    goal_pose_from_msg,
+    load_goal,
+)
 from msdp_policy.learner import ActorWeightsGate, WeightsRefused, updates_behind
 from msdp_policy.online import BadInput, OnlineEpisodes
 from msdp_policy.operators import EVENTS
@@ -221,12 +229,11 @@ class PolicyNode(MsdpNode):
     def on_goal(self, msg: PoseStamped) -> None:
         if self.taught is not None:
             return  # a taught goal wins
-        position, orientation = pose_arrays(msg)
-        if msg.header.frame_id not in ("", vocab.BASE_FRAME) or not np.all(np.isfinite([*position, *orientation])):
-            self.get_logger().error(f"{vocab.TASK_GOAL.name} refused: {position} {orientation} in frame "
-                                    f"'{msg.header.frame_id}' (expected finite, in '{vocab.BASE_FRAME}')")  # fmt: skip
+        try:
+            self.goal_state = self.task.state_from_goal(*goal_pose_from_msg(msg))
+        except ValueError as exc:
+            self.get_logger().error(str(exc))
             return
-        self.goal_state = self.task.state_from_goal(position, quat_yaw(orientation))
         self.goal_stamp = stamp_seconds(msg.header)
 
     def on_driver_status(self, msg: String) -> None:

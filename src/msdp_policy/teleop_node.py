@@ -47,7 +47,7 @@ from msdp.node import MsdpNode, ros_message, run_node
 from msdp.specs import ActionSpec
 from msdp.vocabulary import pose_arrays, stamp_nanoseconds
 from msdp_franka_driver.control_law import SafetyConfig, check_box
-from msdp_franka_driver.pose import quat_yaw, yaw_quat
+from msdp_franka_driver.pose import yaw_quat
 from msdp_policy.episodes import (
     POSE_MATCH_NS,
     EpisodeResult,
@@ -55,6 +55,7 @@ from msdp_policy.episodes import (
     ResetFailed,
     ResetMotion,
     episode_start_json,
+    goal_pose_from_msg,
     is_episode_start,
     load_goal,
 )
@@ -192,11 +193,11 @@ class TeleopNode(MsdpNode):
         return nearest if abs(stamp_nanoseconds(nearest.header) - stamp_ns) <= POSE_MATCH_NS else None
 
     def on_goal(self, msg: PoseStamped) -> None:
-        position, orientation = pose_arrays(msg)
-        if msg.header.frame_id not in ("", vocab.BASE_FRAME) or not np.all(np.isfinite([*position, *orientation])):
-            self.get_logger().error(f"{vocab.TASK_GOAL.name} refused: not a finite pose in '{vocab.BASE_FRAME}'")
+        try:
+            self.goal_pose = goal_pose_from_msg(msg)
+        except ValueError as exc:
+            self.get_logger().error(str(exc))
             return
-        self.goal_pose = (position, quat_yaw(orientation))
         self.goal_state = self.task.state_from_goal(*self.goal_pose)
 
     def tool(self) -> tuple[np.ndarray, np.ndarray]:
