@@ -177,7 +177,7 @@ class Rehearsal:
 
     # -- node parameters ------------------------------------------------------------------------------------------
     def task_params(self) -> dict[str, Any]:
-        return {f"task.{k}": v for k, v in flatten_values(self.config.task).items()}
+        return flatten_values(self.config.task, "task.")
 
     def cell(self, nodes: NodeGroup) -> None:
         """The simulated arm behind a real cell's device protocols, and the sensor nodes that read them."""
@@ -212,7 +212,7 @@ class Rehearsal:
             "episodes": episodes,
             "seed": c.seed,
             "use_sim_time": True,
-            **{f"reset.{k}": v for k, v in flatten_values(c.reset).items()},
+            **flatten_values(c.reset, "reset."),
             **self.task_params(),
             **extra,
         }
@@ -304,7 +304,7 @@ class Rehearsal:
     def offline_log(self) -> tuple[str, str]:
         """One offline log per recording: RLPD draws each batch's offline half from one of them at random, so
         the 20 demonstrations weigh as much as the play (in one log they would be a tenth of the samples)."""
-        sets = [a for key, value in flatten_values(self.config.task).items() for a in ("--set", f"task.{key}={value}")]
+        sets = [a for key, value in self.task_params().items() for a in ("--set", f"{key}={value}")]
         summaries = []
         for name, bag in self.bags.items():
             log = self.offline / name
@@ -326,7 +326,7 @@ class Rehearsal:
             "seed": c.seed,
             "use_sim_time": True,
             "agent.hidden": c.agent.hidden,
-            **{f"reset.{k}": v for k, v in flatten_values(c.reset).items()},
+            **flatten_values(c.reset, "reset."),
             **self.task_params(),
             **extra,
         }
@@ -337,7 +337,7 @@ class Rehearsal:
         count = StepCounter(transitions)
         done = count()
         remaining = max(1, c.online_steps - done)
-        agent = {f"agent.{k}": v for k, v in flatten_values(c.agent).items()}
+        agent = flatten_values(c.agent, "agent.")
         with self.group() as nodes:
             self.cell(nodes)
             nodes.start("encoder", NODES["encoder"], {"checkpoint": str(self.encoder), "use_sim_time": True})
@@ -482,8 +482,9 @@ class Rehearsal:
 
 
 # -- figures from transition logs -------------------------------------------------------------------------------------
-def flatten_values(config: Any) -> dict[str, Any]:
-    return {key: value for key, (value, _) in flatten(config).items()}
+def flatten_values(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A config's leaves as node parameters: ``prefix`` + dotted name -> value."""
+    return {key: value for key, (value, _) in flatten(config, prefix).items()}
 
 
 class StepCounter:
