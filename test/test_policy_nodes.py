@@ -268,7 +268,9 @@ def test_on_a_real_cells_terms_the_policy_resets_itself_and_logs_the_operators_t
     finally:
         probe.close()
     ends = [e for e in episodes if e["kind"] == "end"]
-    assert len(ends) == 2 and [e["kind"] for e in episodes].count("start") == 2
+    starts = [e["episode"] for e in episodes if e["kind"] == "start"]
+    # Under load the probe may match the policy's publisher after the first start; every later one must arrive.
+    assert len(ends) == 2 and ends[-1]["episode"] in starts and set(starts) <= {e["episode"] for e in ends}, episodes
     assert all(e["interventions"] > 0 for e in ends), ends
     arrays = TransitionReader(log).arrays
     flagged = arrays["intervention"] & ~arrays["final"]

@@ -30,7 +30,7 @@ def bags(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("objective", ["reconstruction", "prediction"])
+@pytest.mark.parametrize("objective", ["reconstruction", pytest.param("prediction", marks=pytest.mark.slow)])
 def test_msdp_pretrain_writes_a_loadable_checkpoint_and_its_report(tmp_path, bags, objective):
     config = tmp_path / "pretrain.yaml"
     config.write_text(yaml.safe_dump(TINY))

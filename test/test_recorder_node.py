@@ -85,6 +85,7 @@ class TestRecorder:
         assert f"bag {bag} closed" in text and "/camera/image_raw: " in text
         assert "no messages recorded on /franka/equilibrium_pose" in text  # configured, never published
 
+    @pytest.mark.slow  # the storage plugin is the only difference from the SIGINT case
     def test_sigterm_closes_a_sqlite3_bag(self, driver, tmp_path):
         bag = tmp_path / "bag"
         assert record(driver, bag, tmp_path / "recorder.log", 2.0, signal.SIGTERM, storage="sqlite3") == 0

@@ -200,7 +200,7 @@ def test_steps_before_the_first_update_are_counted(tmp_path, encoder):
     ("steps", "eval_every", "resume_to", "points"),
     [
         (25, 10, None, [0, 10, 20, 25]),
-        (20, 10, None, [0, 10, 20]),  # the end is an evaluation point anyway: evaluated once
+        pytest.param(20, 10, None, [0, 10, 20], marks=pytest.mark.slow),  # the end is an evaluation point: once
         (7, 3, 20, [0, 3, 6, 7, 9, 12, 15, 18, 20]),  # a resume evaluates the points after the first run's end
     ],
 )
@@ -233,7 +233,7 @@ def kill_on_call(monkeypatch, name: str, call: int) -> None:
     ("name", "call", "points"),
     [
         ("evaluate", 1, [0, 20, 40, 60, 70]),  # in the untrained policy's evaluation
-        ("evaluate", 2, [0, 20, 40, 60, 70]),
+        pytest.param("evaluate", 2, [0, 20, 40, 60, 70], marks=pytest.mark.slow),
         ("evaluate", 4, [0, 20, 40, 50, 60, 70]),  # in the first run's final evaluation, at 50
         ("save_policy", 4, [0, 20, 40, 60, 70]),  # after policy.safetensors, before checkpoints/policy_0000020
     ],
