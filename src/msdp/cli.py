@@ -337,17 +337,28 @@ def _rehearse(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     from msdp_policy.evaluation import Perturbations, evaluate_policy
 
     set_threads(args.threads)
     perturbations = Perturbations(args.image_noise, args.ft_noise, args.stiffness, args.mass_scale, args.friction_scale)
-    result = evaluate_policy(
-        args.policy, args.episodes, perturbations, args.task, args.encoder, not args.stochastic, args.device
-    )
+    policy = Path(args.policy)
+    started = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or policy.parent / "eval" / f"{policy.name.removesuffix('.safetensors')}-{started}")
+    with new_output(out):
+        result = evaluate_policy(
+            policy, args.episodes, perturbations, args.task, args.encoder, not args.stochastic, args.device,
+            seed=args.seed, out=out, videos=args.video, progress=True,
+        )  # fmt: skip
+    low, high = result["wilson_95"]
+    seeds = result["seeds"]
     print(
-        f"eval: success {result['success_rate']:.0%} over {result['episodes']} episodes "
-        f"(return {result['return']:.2f}, mean length {result['episode_length']:.1f} steps); perturbations: "
-        f"{result['perturbations'] or 'none'}"
+        f"eval: success {result['success_rate']:.0%} over {result['episodes']} episodes ({result['successes']}/"
+        f"{result['episodes']}, 95 % Wilson interval {low:.0%}-{high:.0%}) on seeds {seeds['first']}-{seeds['last']} "
+        f"(block {seeds['block']}); return {result['return']:.2f}, mean length {result['episode_length']:.1f} steps, "
+        f"final error {1000 * result['final_error_m']:.1f} mm; perturbations: {perturbations.describe() or 'none'}; "
+        f"cell: {result['cell']}; results in {out}"
     )
     return 0
 
@@ -468,19 +479,24 @@ def build_parser() -> ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     add_config_arguments(tr, "train.yaml")
 
-    ev = command("eval", _eval, "success rate of a trained policy on a simulated task, with perturbations")
+    ev = command("eval", _eval, "success rate of a trained policy on a simulated task, with perturbations; "
+                 "writes episodes.csv, summary.json and videos")  # fmt: skip
     ev.add_argument("--policy", required=True, help="policy.safetensors from msdp train")
     ev.add_argument("--task", choices=TASKS, help="default: the task the policy was trained on")
     ev.add_argument("--episodes", type=positive_int, default=50)
     ev.add_argument("--image-noise", type=float, default=0.0, help="Gaussian pixel noise (0-255 scale)")
     ev.add_argument("--ft-noise", type=float, default=0.0, help="Gaussian F/T noise std (N, Nm)")
-    ev.add_argument("--stiffness", type=float, help="translational stiffness, N/m (trained at 2000)")
+    ev.add_argument("--stiffness", type=float, help="translational stiffness, N/m (default: the run's)")
     ev.add_argument("--mass-scale", type=float, default=1.0, help="object mass x")
     ev.add_argument("--friction-scale", type=float, default=1.0, help="object friction x")
     ev.add_argument("--stochastic", action="store_true", help="sample actions instead of the mean")
     ev.add_argument("--encoder", help="override the encoder checkpoint named in the policy")
     ev.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
     ev.add_argument("--device", choices=DEVICES, default="auto", help="auto (a CUDA GPU if torch has one), cpu, cuda")
+    ev.add_argument("--seed", type=int, default=0, help="evaluation seed block (default 0: the scenes of training's "
+                    "own evaluations); evaluation scenes are never training scenes")  # fmt: skip
+    ev.add_argument("--out", help="new results folder (default: <policy's folder>/eval/<policy>-<UTC time>)")
+    ev.add_argument("--video", type=int, default=0, metavar="N", help="film the first N episodes as MP4 (OUT/videos)")
 
     off = command("offline-log", _offline_log, "encode recorded bags into a transition log with rewards (RLPD data)")
     off.add_argument("--bags", nargs="+", required=True, help="bag folders with /franka/ee_pose and /msdp/task_goal")

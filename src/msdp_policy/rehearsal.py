@@ -43,6 +43,7 @@ from msdp.processes import NodeDied, NodeGroup
 from msdp_perception.pretrain import PretrainConfig
 from msdp_policy.agent import AgentConfig
 from msdp_policy.episodes import ResetConfig
+from msdp_policy.evaluation import wilson_interval
 from msdp_policy.tasks import TaskConfig
 from msdp_policy.transition_log import LOG_FILE, TransitionLogError, TransitionReader
 
@@ -537,16 +538,6 @@ def log_statistics(folder: Path, bins: int = 0) -> dict[str, Any]:
             if (mask := (at > edge - bins) & (at <= edge)).any()
         ]
     return stats
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95 % Wilson score interval of a success rate (honest at 0 and n, unlike the normal approximation)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def learner_statistics(run: Path, ratio: float) -> dict[str, float]:

@@ -60,6 +60,7 @@ class Score:
     reward: float
     success: bool
     failed: bool  # an unrecoverable outcome (a slammed drawer, a cube off the table) ends the episode
+    goal_error: float  # m still to go: peg tip to its goal below the fixture top, cube to goal, drawer opening
 
 
 def tcp_yaw(orientation: np.ndarray) -> float:
@@ -139,8 +140,9 @@ class PegInsertion(Task):
         depth = hole[2] + HOLE_DEPTH - tip[2]
         success = bool(depth >= depth_needed and lateral < self.lateral_tolerance())
         yaw_error = peg_yaw_error(orientation, float(state["hole_yaw"]))
-        shaped = -float(np.linalg.norm(tip - goal)) - 0.05 * abs(yaw_error)
-        return Score(self.reward(shaped, success), success, False)
+        goal_error = float(np.linalg.norm(tip - goal))
+        shaped = -goal_error - 0.05 * abs(yaw_error)
+        return Score(self.reward(shaped, success), success, False, goal_error)
 
     def expert_action(self, tip: np.ndarray, orientation: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
         """Scripted expert: align xy and yaw above the hole, descend when aligned, lift off when jammed.
@@ -175,7 +177,7 @@ class PushCube(Task):
         to_goal = float(np.linalg.norm(cube[:2] - goal[:2]))
         success = to_goal < self.success_distance
         shaped = -to_goal - 0.5 * float(np.linalg.norm(tip - cube))
-        return Score(self.reward(shaped, success), success, bool(cube[2] < 0.0))
+        return Score(self.reward(shaped, success), success, bool(cube[2] < 0.0), to_goal)
 
 
 class CloseDrawer(Task):
@@ -193,7 +195,7 @@ class CloseDrawer(Task):
         shaped = -opening - 0.3 * reach - 0.5 * max(0.0, speed - self.gentle_speed)
         success = bool(opening < self.closed_tolerance and speed < self.gentle_speed)
         slammed = opening < 2 * self.closed_tolerance and speed > self.slam_speed
-        return Score(self.reward(shaped, success), success, bool(slammed))
+        return Score(self.reward(shaped, success), success, bool(slammed), opening)
 
 
 TASKS: dict[str, type[Task]] = {task.name: task for task in (PegInsertion, PushCube, CloseDrawer)}

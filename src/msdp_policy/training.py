@@ -36,7 +36,7 @@ from msdp_franka_driver.sim.env import FrankaTaskEnv
 from msdp_perception.checkpoint import load_encoder
 from msdp_perception.model import MSDPModel
 from msdp_policy.agent import AgentConfig, SACAgent
-from msdp_policy.evaluation import evaluate
+from msdp_policy.evaluation import evaluate, training_seed
 from msdp_policy.learner import Learner
 from msdp_policy.policy import SENSOR_SUBSETS, Policy, PolicyInfo, save_policy
 from msdp_policy.replay import (
@@ -207,7 +207,7 @@ class Trainer:
         self.policy = Policy(self.agent.actor, self.encoder, self.info())
         self.replay.refresh()
         episode = int(self.replay.reader.arrays["episode"].max()) + 1 if len(self.replay.reader) else 0
-        observation, _ = self.env.reset(seed=int(self.rng.integers(2**31)))
+        observation, _ = self.env.reset(seed=training_seed(self.rng))
         embedding = self.policy.encode(observation)
         recent_success: list[bool] = []
         desc = f"train {c.encoder_variant}"
@@ -229,7 +229,7 @@ class Trainer:
                 self.writer.append(final)
                 recent_success = (recent_success + [bool(info["success"])])[-20:]
                 episode += 1
-                observation, _ = self.env.reset(seed=int(self.rng.integers(2**31)))
+                observation, _ = self.env.reset(seed=training_seed(self.rng))
                 embedding = self.policy.encode(observation)
             self.learn()
             bar.update(1)

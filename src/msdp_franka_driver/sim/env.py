@@ -68,7 +68,12 @@ class FrankaTaskEnv:
         score = self.task.score(self.sim)
         terminated = score.success or score.failed
         truncated = not terminated and self.steps >= self.config.task.max_episode_steps
-        info = {"success": score.success, "failed": score.failed, **self.task.privileged_state(self.sim)}
+        info = {
+            "success": score.success,
+            "failed": score.failed,
+            "goal_error": score.goal_error,  # m still to go (Score.goal_error)
+            **self.task.privileged_state(self.sim),
+        }
         return self.observation(), score.reward, terminated, truncated, info
 
     def observation(self) -> dict[str, np.ndarray]:
