@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from msdp.cli import main as msdp
 from msdp.config import ConfigError, from_dict
@@ -25,7 +26,7 @@ from msdp_policy.transition_log import LOG_FILE, CorruptRecordWarning, Transitio
 SMALL = {
     "steps": 40, "random_steps": 20, "update_after": 10, "eval_every": 20, "eval_episodes": 1,
     "agent": {"hidden": 16, "batch_size": 8},
-    "env": {"task": {"max_episode_steps": 8}},
+    "env": {"task": {"max_episode_steps": 8}}, "learner_process": False,  # in turn: exact, and no spawn per test
 }  # fmt: skip
 
 
@@ -46,6 +47,9 @@ def test_train_evaluates_checkpoints_and_resumes_where_it_stopped(tmp_path, enco
     assert summary["env_steps"] == 40
     assert [int(r["env_steps"]) for r in rows(run)] == [0, 20, 40]
     assert (run / "curves.png").stat().st_size > 0 and (run / "agent.pt").exists()
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("eval/success_rate")] == [0, 20, 40]
     kept = sorted(p.name for p in (run / "checkpoints").glob("*.safetensors"))
     assert kept == ["policy_0000000.safetensors", "policy_0000020.safetensors", "policy_0000040.safetensors"]
     assert load_policy(run / "checkpoints" / kept[1]).info.training["env_steps"] == 20
@@ -348,3 +352,34 @@ def test_bf16_updates_learn_and_a_missing_gpu_is_one_line(tmp_path, encoder, cap
         err = capsys.readouterr().err.strip()
         assert code == 2 and "cuda requested" in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "gpu").exists()
+
+
+def test_a_learner_process_keeps_the_ratio_checkpoints_each_point_and_resumes(tmp_path, encoder):
+    """Acting and learning side by side: at every evaluation point the learner has made exactly the updates owed
+    (ratio 2 after update_after) and agent.pt and the evaluated policy hold the same actor; a resume goes on."""
+    config = from_dict(TrainConfig, {**SMALL, "learner_process": True, "max_learner_lag": 4})
+    run = tmp_path / "run"
+    assert train(config, encoder, run, progress=False)["env_steps"] == 40
+    owed = [0 if s < 10 else 2 * (s - 10 + 1) for s in (0, 20, 40)]
+    assert [int(r["critic_updates"]) for r in rows(run)] == owed
+    state = torch.load(run / "agent.pt", weights_only=True)
+    assert state["critic_updates"] == owed[-1]
+    policy = load_policy(run / "checkpoints" / "policy_0000040.safetensors").actor.state_dict()
+    assert all(torch.equal(policy[k], state["agent"][f"actor.{k}"]) for k in policy)
+    train(replace(config, steps=60), encoder, run, resume=True, progress=False)
+    assert [int(r["critic_updates"]) for r in rows(run)] == [*owed, 2 * (60 - 10 + 1)]
+
+
+def test_a_learner_process_that_dies_stops_the_run_with_a_clear_error(tmp_path, encoder, monkeypatch):
+    from msdp_policy import learner_process
+
+    def die_after_first(self, env_steps):
+        self.process.kill()
+        self.process.join()
+        original(self, env_steps)
+
+    original = learner_process.LearnerProcess.wait_for
+    monkeypatch.setattr(learner_process.LearnerProcess, "wait_for", die_after_first)
+    config = from_dict(TrainConfig, {**SMALL, "learner_process": True, "max_learner_lag": 0})
+    with pytest.raises(RuntimeError, match="the learner process died"):
+        train(config, encoder, tmp_path / "run", progress=False)

@@ -4,8 +4,10 @@ the online learner write them and read them back on resume."""
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 
 class MetricsError(RuntimeError):
@@ -47,3 +49,20 @@ def _number(text: str | None, path: Path, line: int, column: str | None) -> floa
             return float(text)
         except (TypeError, ValueError):
             raise MetricsError(f"{path}, line {line}, column {column}: expected a number, got {text!r}") from None
+
+
+class ScalarWriter(Protocol):
+    """What ``write_scalars`` needs of a TensorBoard ``SummaryWriter``."""
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+def write_scalars(writer: ScalarWriter, group: str, row: dict[str, float], step: int) -> None:
+    """A metrics row as TensorBoard scalars, tag ``<group>/<column>`` at ``step``, beside the CSV (the same
+    numbers, for TensorBoard users); text and non-finite values are left out."""
+    for name, value in row.items():
+        if isinstance(value, int | float) and math.isfinite(value):
+            writer.add_scalar(f"{group}/{name}", value, step)
+    writer.flush()

@@ -31,7 +31,9 @@ from msdp_policy.replay import Replay, concat_batches
 
 
 class Learner:
-    def __init__(self, agent: SACAgent, replay: Replay, offline: list[Replay], update_after: int, seed: int):
+    def __init__(
+        self, agent: SACAgent, replay: Replay, offline: list[Replay], update_after: int, seed: int | tuple[int, ...]
+    ):
         self.agent, self.replay, self.offline = agent, replay, offline
         self.update_after = update_after
         self.rng = np.random.default_rng(seed)

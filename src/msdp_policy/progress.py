@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-from msdp.metrics import read_rows, write_rows
+from msdp.metrics import read_rows, write_rows, write_scalars
 from msdp_policy.episodes import EpisodeResult
 
 METRICS = ("critic_loss", "actor_loss", "q", "temperature", "entropy")  # what Learner.catch_up returns
@@ -109,10 +109,7 @@ class ProgressLog:
         row = dict(zip(COLUMNS, values, strict=True))
         self.rows.append(row)
         write_rows(self.metrics_path, self.rows)
-        for name, value in row.items():
-            if name != "env_steps" and math.isfinite(value):
-                self.tensorboard.add_scalar(f"progress/{name}", value, env_steps)
-        self.tensorboard.flush()
+        write_scalars(self.tensorboard, "progress", {k: v for k, v in row.items() if k != "env_steps"}, env_steps)
         self.plot_stale = True
         if now - self.plotted_at >= 10 * self.plot_cost:
             self.plot()

@@ -25,6 +25,7 @@ import itertools
 import json
 import math
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -149,6 +150,15 @@ class Rehearsal:
 
     # -- the run ------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """The phases not done yet, in order; a SIGTERM (``kill``) stops the running phase's nodes and job as
+        Ctrl-C does, instead of leaving them running without the rehearsal."""
+        previous = signal.signal(signal.SIGTERM, raise_interrupt)
+        try:
+            return self.run_phases()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def run_phases(self) -> dict[str, Any]:
         steps: dict[str, Callable[[], tuple[str, str]]] = {
             "teach": self.teach,
             "demos": self.demos,
@@ -612,6 +622,10 @@ def load_rehearsal_config(path: Path, short: bool, overrides: list[tuple[str, An
             node = node.setdefault(part, {})
         node[leaf] = value
     return from_dict(RehearsalConfig, base)
+
+
+def raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,11 @@
-"""The fast in-process loop: simulated task, encoder, agent and transition log in one process, no ROS.
+"""The fast loop: simulated task, encoder, agent and transition log, no ROS.
 
 ``train`` runs SAC (or RLPD) on the simulated task with the same agent, replay and transition log the ROS
-nodes use. Every ``eval_every`` environment steps it runs ``eval_episodes`` deterministic episodes on a fixed
-set of seeds, appends a row to ``metrics.csv``, redraws ``curves.png`` and writes two checkpoints:
-``policy.safetensors`` (what ``msdp eval`` and the policy node load; a copy per evaluation goes to
+nodes use. By default the learner runs in a second process beside the acting one (``learner_process.py``:
+two cores busy instead of one, the update-to-data ratio kept); ``learner_process: false`` runs both in turn.
+Every ``eval_every`` environment steps it runs ``eval_episodes`` deterministic episodes on a fixed set of seeds,
+appends a row to ``metrics.csv`` (and as TensorBoard scalars ``eval/<column>`` to ``tensorboard/``), redraws
+``curves.png`` and writes two checkpoints: ``policy.safetensors`` (what ``msdp eval`` and the policy node load; a copy per evaluation goes to
 ``checkpoints/policy_<steps>.safetensors``) and ``agent.pt`` (everything ``--resume`` needs: networks,
 optimisers, counters; the replay is the transition log itself, in ``transitions/``).
 
@@ -24,11 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from msdp.config import ConfigError, from_dict, param_range, to_dict
 from msdp.devices import DEVICES, resolve_device
-from msdp.metrics import read_rows, write_rows
+from msdp.metrics import read_rows, write_rows, write_scalars
 from msdp.seeding import seed_run
 from msdp.specs import check_same
 from msdp_franka_driver.sim.config import EnvConfig
@@ -38,6 +41,7 @@ from msdp_perception.model import MSDPModel
 from msdp_policy.agent import AgentConfig, SACAgent
 from msdp_policy.evaluation import evaluate, training_seed
 from msdp_policy.learner import Learner
+from msdp_policy.learner_process import LearnerJob, LearnerProcess, keep_freed_memory
 from msdp_policy.policy import SENSOR_SUBSETS, Policy, PolicyInfo, save_policy
 from msdp_policy.replay import (
     ENCODER_VARIANTS,
@@ -65,6 +69,12 @@ class TrainConfig:
     sensors: str = field(default="vision,ft,proprio", metadata={"choices": SENSOR_SUBSETS})
     torch_threads: int = field(default=1, metadata=param_range(1, 256))
     device: str = field(default="auto", metadata={"choices": DEVICES, "doc": "auto: a CUDA GPU if torch has one"})
+    learner_process: bool = field(
+        default=True, metadata={"doc": "learn in a second process beside the acting one (false: one after the other)"}
+    )
+    max_learner_lag: int = field(
+        default=64, metadata=param_range(0, 10**6, "critic updates the learner process may owe before acting waits")
+    )
     agent: AgentConfig = field(default_factory=AgentConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
 
@@ -73,8 +83,9 @@ class Trainer:
     """Holds one run's state; ``run`` goes on until ``config.steps`` environment steps are in the log."""
 
     def __init__(self, config: TrainConfig, encoder_checkpoint: Path, out_dir: Path, offline: list[Path] = ()):
-        self.config, self.out_dir = config, out_dir
-        torch.set_num_threads(config.torch_threads)
+        self.config, self.out_dir, self.offline = config, out_dir, tuple(Path(p) for p in offline)
+        keep_freed_memory()
+        torch.set_num_threads(1 if config.learner_process else config.torch_threads)
         self.rng = seed_run(config.seed)  # before any network is built: the seed fixes their initial weights
         pretrained, _ = load_encoder(encoder_checkpoint)
         self.encoder_checkpoint = str(Path(encoder_checkpoint).resolve())
@@ -86,6 +97,7 @@ class Trainer:
             scratch = MSDPModel(model)
             scratch.normalizer.load_state_dict(pretrained.normalizer.state_dict())
         self.encoder = (scratch if scratch is not None else pretrained).eval()
+        self.model = model
         self.agent = SACAgent(config.agent, model.width, model.n_tokens, self.env.action_dim, encoder=scratch)
         self.device = resolve_device(config.device)
         self.agent.to(self.device)
@@ -112,6 +124,11 @@ class Trainer:
         self.rows: list[dict[str, float]] = []
         self.started = time.monotonic()
         self.elapsed_before = 0.0
+        self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"))  # the metrics.csv rows, for TensorBoard
+        self.learner_process: LearnerProcess | None = None  # started by run() when config.learner_process
+        self.weights = torch.nn.ModuleDict({"actor": self.agent.actor})  # what the acting process acts with
+        if scratch is not None:
+            self.weights["encoder"] = scratch
 
     # -- persistence --------------------------------------------------------------------------------------
     def info(self) -> PolicyInfo:
@@ -132,7 +149,8 @@ class Trainer:
         save_policy(self.out_dir / "policy", self.agent.actor, self.agent.encoder, info)
         kept = self.out_dir / "checkpoints" / f"policy_{self.env_steps:07d}"
         save_policy(kept, self.agent.actor, self.agent.encoder, info)
-        self.learner.save(self.out_dir / "agent.pt", {"elapsed_s": self.elapsed()})
+        if self.learner_process is None:  # else the learner process wrote it for this point (checkpoint())
+            self.learner.save(self.out_dir / "agent.pt", {"elapsed_s": self.elapsed()})
 
     def resume(self, previous_end: int) -> None:
         """Go on from ``agent.pt``, the log and metrics.csv; ``previous_end`` is the ``steps`` of the run resumed."""
@@ -166,10 +184,33 @@ class Trainer:
         }
 
     def learn(self) -> None:
-        """The updates owed for the steps taken so far (none before ``update_after``)."""
-        if self.env_steps >= self.config.update_after:
+        """The updates owed for the steps taken so far (none before ``update_after``): run here, or, with a
+        learner process, wait only while it owes more than ``max_learner_lag`` and take its newest weights."""
+        if self.learner_process is not None:
+            self.learner_process.wait_for(self.env_steps)
+            self.learner_process.poll_weights(self.weights)
+        elif self.env_steps >= self.config.update_after:
             self.replay.refresh()
             self.metrics = self.learner.catch_up(self.env_steps) or self.metrics
+
+    @property
+    def critic_updates(self) -> int:
+        return self.agent.critic_updates if self.learner_process is None else self.learner_process.updates.value
+
+    def start_learner_process(self) -> None:
+        """The learner process starts from this process's agent (same initial weights) or from agent.pt."""
+        c = self.config
+        job = LearnerJob(
+            agent=c.agent, width=self.model.width, n_tokens=self.model.n_tokens, action_dim=self.env.action_dim,
+            encoder=self.model if self.agent.encoder is not None else None,
+            transitions=self.out_dir / "transitions", agent_checkpoint=self.out_dir / "agent.pt",
+            offline=self.offline, update_after=c.update_after, seed=c.seed, threads=c.torch_threads,
+            batch_seed=(c.seed, self.env_steps, 1) if self.env_steps else (c.seed,),
+            device=str(self.device), max_lag=c.max_learner_lag,
+        )  # fmt: skip
+        resume_from = self.out_dir / "agent.pt" if self.env_steps else None  # optimisers and counters too
+        self.learner_process = LearnerProcess(job, self.agent, resume_from)
+        self.learner_process.poll_weights(self.weights)
 
     def due(self, step: int, *ends: int) -> bool:
         """Whether to evaluate at ``step``: 0, every ``eval_every`` steps and the end (``steps``, and ``ends``),
@@ -179,6 +220,9 @@ class Trainer:
 
     def evaluate_and_save(self, bar: tqdm) -> None:
         """The metrics.csv row goes last: a kill before it leaves a run whose resume evaluates here again."""
+        if self.learner_process is not None:  # every update owed so far, agent.pt, and the weights of this point
+            extra = {"elapsed_s": self.elapsed()}
+            self.metrics = self.learner_process.checkpoint(self.env_steps, extra, self.weights) or self.metrics
         result = evaluate(self.policy, self.eval_env, self.config.eval_episodes)
         steps = self.env_steps
         self.replay.refresh()  # for the episode count: before update_after the loop does not read the log
@@ -190,19 +234,29 @@ class Trainer:
             "episode_length": result["episode_length"],
             "wall_s": round(self.elapsed(), 1),
             "steps_per_s": steps / max(self.elapsed(), 1e-9),
-            "critic_updates": self.agent.critic_updates,
+            "critic_updates": self.critic_updates,
             **{k: self.metrics.get(k, math.nan) for k in ("critic_loss", "q", "actor_loss", "temperature", "entropy")},
         }
         self.rows.append(row)
         self.save()
         plot_learning_curves({self.out_dir.name: self.rows}, self.out_dir / "curves.png")
         write_rows(self.out_dir / "metrics.csv", self.rows)
+        write_scalars(self.tensorboard, "eval", {k: v for k, v in row.items() if k != "env_steps"}, steps)
         bar.write(
             f"step {steps}: success {result['success_rate']:.0%} over {self.config.eval_episodes} episodes, "
             f"return {result['return']:.2f}, {row['steps_per_s']:.1f} steps/s"
         )
 
     def run(self, progress: bool = True) -> dict[str, Any]:
+        if self.config.learner_process:
+            self.start_learner_process()
+        try:
+            return self.loop(progress)
+        finally:
+            if self.learner_process is not None:
+                self.learner_process.close()
+
+    def loop(self, progress: bool) -> dict[str, Any]:
         c = self.config
         self.policy = Policy(self.agent.actor, self.encoder, self.info())
         self.replay.refresh()
@@ -244,6 +298,7 @@ class Trainer:
                 self.evaluate_and_save(bar)
         bar.close()
         self.writer.close()
+        self.tensorboard.close()
         return {"env_steps": self.env_steps, "final": self.rows[-1], "wall_s": self.elapsed()}
 
 
