@@ -17,9 +17,15 @@ from msdp_perception.checkpoint import save_encoder
 from msdp_perception.model import MSDPConfig, MSDPModel
 from msdp_policy.training import TrainConfig, train
 
-SETTINGS = {"steps": 60, "random_steps": 20, "update_after": 20, "eval_every": 30, "eval_episodes": 1,
-            "agent": {"hidden": 32, "batch_size": 16},
-            "learner_process": False}  # in turn: the same updates on the same data at every step, so a digest exists
+SETTINGS = {
+    "steps": 60,
+    "random_steps": 20,
+    "update_after": 20,
+    "eval_every": 30,
+    "eval_episodes": 1,
+    "agent": {"hidden": 32, "batch_size": 16},
+    "learner_process": False,
+}  # in turn: the same updates on the same data at every step, so a digest exists
 
 
 def main() -> None:

@@ -5,9 +5,10 @@ nodes use. By default the learner runs in a second process beside the acting one
 two cores busy instead of one, the update-to-data ratio kept); ``learner_process: false`` runs both in turn.
 Every ``eval_every`` environment steps it runs ``eval_episodes`` deterministic episodes on a fixed set of seeds,
 appends a row to ``metrics.csv`` (and as TensorBoard scalars ``eval/<column>`` to ``tensorboard/``), redraws
-``curves.png`` and writes two checkpoints: ``policy.safetensors`` (what ``msdp eval`` and the policy node load; a copy per evaluation goes to
-``checkpoints/policy_<steps>.safetensors``) and ``agent.pt`` (everything ``--resume`` needs: networks,
-optimisers, counters; the replay is the transition log itself, in ``transitions/``).
+``curves.png`` and writes two checkpoints: ``policy.safetensors`` (what ``msdp eval`` and the policy node load;
+a copy per evaluation goes to ``checkpoints/policy_<steps>.safetensors``) and ``agent.pt`` (everything
+``--resume`` needs: networks, optimisers, counters; the replay is the transition log itself, in
+``transitions/``).
 
 Evaluations happen at step 0, every ``eval_every`` steps and at ``steps``, each once. An evaluation writes its
 checkpoints first and its ``metrics.csv`` row last, so a row means everything of that evaluation is on disk:
