@@ -1,12 +1,10 @@
 """Evaluate a ``msdp train`` run in the run's own simulated cell, and say how its episodes end.
 
-``msdp eval`` rebuilds the environment from the policy's task settings only, so a run trained with another
-workspace box, target leash or impedance (``env.safety.*``, ``env.impedance.*``) would be evaluated in the
-default cell. This reads the run's ``config.json`` and evaluates ``RUN/policy.safetensors`` on the same fixed
-seeds as ``msdp eval`` (mean action, and sampled actions with ``--stochastic``), then prints per failing
-episode where the tip ended (off the hole axis, depth below the fixture top), how far it moved over the last
-10 steps and the mean of its last 5 actions, and the success of the run's own training episodes (from its
-transition log). Results go to ``RUN/real_eval_<mode>.json``. A diagnostic for the real-robot protocol study:
+Like ``msdp eval`` (which also evaluates in the run's cell, from its ``config.json``), this evaluates
+``RUN/policy.safetensors`` on the same fixed seeds (mean action, and sampled actions with ``--stochastic``);
+it adds the diagnosis: per failing episode where the tip ended (off the hole axis, depth below the fixture
+top), how far it moved over the last 10 steps and the mean of its last 5 actions, and the success of the run's
+own training episodes (from its transition log). Results go to ``RUN/real_eval_<mode>.json``. A diagnostic for the real-robot protocol study:
 
     .venv/bin/python scripts/real_protocol_eval.py runs/exp15/rlpd_base --episodes 50 --stochastic
 """
