@@ -99,7 +99,7 @@ def test_a_broken_driver_config_names_file_and_parameter(tmp_path):
 # The subcommands README.md documents.
 SUBCOMMANDS = ("demo", "driver", "virtual-cell", "arm-model", "record", "collect-ros", "collect", "pretrain",
                "recover-bag", "encoder", "train", "eval", "offline-log", "teach-goal", "rehearse",
-               "curves")  # fmt: skip
+               "curves", "sweep", "report")  # fmt: skip
 
 
 def msdp(*args: str) -> subprocess.CompletedProcess:

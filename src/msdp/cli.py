@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -367,18 +369,94 @@ def _curves(args: argparse.Namespace) -> int:
     from msdp.metrics import read_rows
     from msdp_policy.training import plot_learning_curves
 
+    if len(args.runs) == 1 and (Path(args.runs[0]) / "sweep.yaml").is_file():  # a sweep: its seeds aggregated
+        from msdp_policy.report import aggregate, plot, read_sweep
+
+        curves = read_sweep(Path(args.runs[0]))
+        plot(aggregate(curves), [], Path(args.out))
+        print(f"curves: {len(curves)} curve(s), mean over seeds with 95 % intervals, in {args.out}")
+        return 0
     names = [Path(run).name for run in args.runs]
     labels = names if len(set(names)) == len(names) else args.runs  # same folder name: label by the path
     runs = {}
     for label, run in zip(labels, args.runs, strict=True):
         metrics = Path(run) / "metrics.csv"
         if not metrics.is_file():
-            raise FileNotFoundError(f"{metrics} not found: is {run} a run folder of `msdp train`?")
+            raise FileNotFoundError(f"{metrics} not found: is {run} a run folder of `msdp train` (or a sweep's)?")
         runs[label] = read_rows(metrics, required=("env_steps", "success_rate", "return"))
         if not runs[label]:
             raise ConfigError(f"{metrics} holds no evaluation yet")
     plot_learning_curves(runs, Path(args.out))
     print(f"curves: {len(runs)} run(s) in {args.out}")
+    return 0
+
+
+def sweep_grid(args: argparse.Namespace) -> Any:
+    """The grid of ``msdp sweep``: the grid file, then the flags given (each replaces its part of the file)."""
+    from msdp_policy.sweep import make_grid, read_grid_file
+
+    values = read_grid_file(args.grid) if args.grid else {}
+    values.setdefault("config", str(config_file("train.yaml")))
+    flags = {"config": args.config, "encoder": args.encoder, "seeds": args.seeds, "tasks": args.task,
+             "offline": args.offline}  # fmt: skip
+    values.update({key: value for key, value in flags.items() if value})
+    if args.variant:
+        values["variants"] = dict(args.variant)
+    values["overrides"] = [*values.get("overrides", []), *args.set]
+    return make_grid(values)
+
+
+def override_text(text: str) -> str:
+    """An override kept as written (a sweep hands it on to `msdp train --set`), checked as --set checks it."""
+    parse_override(text)
+    return text
+
+
+def variant(text: str) -> tuple[str, list[str]]:
+    """``pooling:agent.bridge=pooling,agent.hidden=128`` -> ("pooling", [...]); a comma starts a new override
+    only before ``key=``, so list values (``[1, 2]``) keep theirs."""
+    name, _, overrides = text.partition(":")
+    return name.strip(), [override_text(o.strip()) for o in re.split(r",(?=\s*[\w.]+=)", overrides) if o.strip()]
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from msdp_policy.sweep import expand, run_sweep, state
+    from msdp_policy.training import TrainConfig
+
+    grid = sweep_grid(args)
+    cells = expand(grid)
+    for cell in cells:  # every cell's config is built (and so checked) before anything runs
+        try:
+            base = to_dict(load_yaml(TrainConfig, grid.config))
+            from_dict(TrainConfig, apply_overrides(base, [parse_override(o) for o in cell.overrides]))
+        except (ConfigError, argparse.ArgumentTypeError) as exc:
+            raise ConfigError(f"cell {cell.name}: {exc}") from exc
+    for path in (grid.encoder, *grid.offline):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path} not found (the sweep's encoder or offline log)")
+    cores = os.cpu_count() or 1
+    parallel = args.parallel or cores
+    threads = args.threads or max(1, cores // parallel)
+    out = Path(args.out)
+    if args.dry_run:
+        for cell in cells:
+            print(f"{cell.name}: {state(out / cell.name)}; --set {' --set '.join(cell.overrides)}")
+        print(f"sweep: {len(cells)} cells, {parallel} at a time, {threads} torch thread(s) each; --dry-run: none run")
+        return 0
+    summary = run_sweep(grid, out, threads, parallel, args.ray_address)
+    failed = [row for row in summary if row["status"] != "done"]
+    print(f"sweep: {len(summary) - len(failed)}/{len(summary)} cells done, {len(failed)} failed; "
+          f"summary {out / 'summary.csv'}; report with `msdp report {out}`")  # fmt: skip
+    return 1 if failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from msdp_policy.report import write_report
+
+    out = Path(args.out or args.sweep)
+    rows, report = write_report(Path(args.sweep), out, args.at, args.paper)
+    curves = len({(r["task"], r["variant"]) for r in rows})
+    print(f"report: {curves} curve(s) over seeds in {out / 'curves.png'}, {out / 'curves.csv'}; table {report}")
     return 0
 
 
@@ -527,9 +605,36 @@ def build_parser() -> ArgumentParser:
     re_.add_argument("--resume", action="store_true", help="continue an interrupted rehearsal in --out")
     add_config_arguments(re_, "rehearse.yaml")
 
-    cv = command("curves", _curves, "plot several training runs' learning curves in one PNG")
-    cv.add_argument("runs", nargs="+", help="run folders (each with metrics.csv)")
+    cv = command("curves", _curves, "plot several training runs' learning curves in one PNG (or a sweep's, "
+                 "mean over seeds)")  # fmt: skip
+    cv.add_argument("runs", nargs="+", help="run folders (each with metrics.csv), or one sweep folder")
     cv.add_argument("--out", default="runs/curves.png")
+
+    sw = command("sweep", _sweep, "train a grid of seeds x variants x tasks as separate runs, in parallel on Ray "
+                 "(local processes, or a cluster); a rerun resumes the unfinished cells")  # fmt: skip
+    sw.add_argument("--grid", type=Path, help="grid file (e.g. config/sweep.yaml); the flags below replace its parts")
+    sw.add_argument("--out", required=True, help="sweep folder: one run folder per cell, <task>/<variant>/seed_<n>")
+    sw.add_argument("--encoder", help="encoder.safetensors from msdp pretrain")
+    sw.add_argument("--config", help="base train config (default: the grid's, else the shipped train.yaml)")
+    sw.add_argument("--seeds", nargs="+", type=int, help="e.g. --seeds 0 1 2")
+    sw.add_argument("--task", nargs="+", choices=TASKS, help="e.g. --task peg push_cube")
+    sw.add_argument("--variant", action="append", type=variant, default=[], metavar="NAME:KEY=VALUE,...",
+                    help="a variant and its overrides, e.g. pooling:agent.bridge=pooling (repeatable)")  # fmt: skip
+    sw.add_argument("--set", action="append", type=override_text, default=[], metavar="KEY=VALUE",
+                    help="an override for every cell, e.g. --set steps=50000 (repeatable)")  # fmt: skip
+    sw.add_argument("--offline", nargs="*", help="transition logs for RLPD cells (passed to every msdp train)")
+    sw.add_argument("--parallel", type=positive_int, help="runs at a time on this machine (default: the cores)")
+    sw.add_argument("--threads", type=positive_int, help="torch threads per run (default: cores / --parallel)")
+    sw.add_argument("--ray-address", help="an existing Ray cluster (e.g. ray://head:10001, or auto); default: "
+                    "a local Ray on this machine's cores")  # fmt: skip
+    sw.add_argument("--dry-run", action="store_true", help="check the grid and list the cells; run nothing")
+
+    rp = command("report", _report, "a sweep's success over seeds: mean and bootstrap confidence interval per variant "
+                 "against steps (curves.png, curves.csv) and a table at chosen steps (report.md)")  # fmt: skip
+    rp.add_argument("sweep", help="sweep folder of msdp sweep")
+    rp.add_argument("--out", help="report folder (default: the sweep folder)")
+    rp.add_argument("--at", nargs="+", type=int, default=[], help="table steps (default: the last common step)")
+    rp.add_argument("--paper", type=Path, help="the paper's points to draw beside (e.g. config/paper_points.yaml)")
     return parser
 
 
