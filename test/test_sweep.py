@@ -16,6 +16,7 @@ from msdp.cli import variant
 from msdp.metrics import read_rows, write_rows
 from msdp.paths import config_file
 from msdp_policy.report import aggregate, bootstrap_interval, load_paper_points, read_sweep
+from msdp_policy.sweep import sizing
 
 RAY_MARKERS = ("raylet", "gcs_server", "ray::", "ray/_private", "ray/dashboard", "ray/autoscaler")
 
@@ -116,6 +117,13 @@ def test_a_bad_grid_is_refused_before_anything_runs(tmp_path, grid, encoder, cap
     printed = capsys.readouterr().out
     assert "peg/vision_only/seed_2: start; --set steps=200000 --set sensors=vision" in printed
     assert "15 cells" in printed and not out.exists()
+
+
+def test_runs_fill_the_cores_by_default():
+    assert sizing(2, learner_process=True, parallel=None, threads=None) == (1, 1, 2)  # acting + learner
+    assert sizing(2, learner_process=False, parallel=None, threads=None) == (2, 1, 1)
+    assert sizing(16, learner_process=True, parallel=2, threads=None) == (2, 7, 8)
+    assert sizing(16, learner_process=False, parallel=None, threads=4) == (16, 4, 4)  # as asked: oversubscribed
 
 
 def test_the_bootstrap_interval_over_seeds():

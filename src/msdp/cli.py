@@ -420,30 +420,31 @@ def variant(text: str) -> tuple[str, list[str]]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from msdp_policy.sweep import expand, run_sweep, state
+    from msdp_policy.sweep import expand, run_sweep, sizing, state
     from msdp_policy.training import TrainConfig
 
     grid = sweep_grid(args)
     cells = expand(grid)
+    configs = []
     for cell in cells:  # every cell's config is built (and so checked) before anything runs
         try:
             base = to_dict(load_yaml(TrainConfig, grid.config))
-            from_dict(TrainConfig, apply_overrides(base, [parse_override(o) for o in cell.overrides]))
+            configs.append(from_dict(TrainConfig, apply_overrides(base, [parse_override(o) for o in cell.overrides])))
         except (ConfigError, argparse.ArgumentTypeError) as exc:
             raise ConfigError(f"cell {cell.name}: {exc}") from exc
     for path in (grid.encoder, *grid.offline):
         if not Path(path).exists():
             raise FileNotFoundError(f"{path} not found (the sweep's encoder or offline log)")
-    cores = os.cpu_count() or 1
-    parallel = args.parallel or cores
-    threads = args.threads or max(1, cores // parallel)
+    learner_process = any(config.learner_process for config in configs)
+    parallel, threads, cores = sizing(os.cpu_count() or 1, learner_process, args.parallel, args.threads)
     out = Path(args.out)
     if args.dry_run:
         for cell in cells:
             print(f"{cell.name}: {state(out / cell.name)}; --set {' --set '.join(cell.overrides)}")
-        print(f"sweep: {len(cells)} cells, {parallel} at a time, {threads} torch thread(s) each; --dry-run: none run")
+        print(f"sweep: {len(cells)} cells, {parallel} at a time, {threads} torch thread(s) and {cores} core(s) each; "
+              "--dry-run: none run")  # fmt: skip
         return 0
-    summary = run_sweep(grid, out, threads, parallel, args.ray_address)
+    summary = run_sweep(grid, out, threads, cores, parallel, args.ray_address)
     failed = [row for row in summary if row["status"] != "done"]
     print(f"sweep: {len(summary) - len(failed)}/{len(summary)} cells done, {len(failed)} failed; "
           f"summary {out / 'summary.csv'}; report with `msdp report {out}`")  # fmt: skip
@@ -623,8 +624,9 @@ def build_parser() -> ArgumentParser:
     sw.add_argument("--set", action="append", type=override_text, default=[], metavar="KEY=VALUE",
                     help="an override for every cell, e.g. --set steps=50000 (repeatable)")  # fmt: skip
     sw.add_argument("--offline", nargs="*", help="transition logs for RLPD cells (passed to every msdp train)")
-    sw.add_argument("--parallel", type=positive_int, help="runs at a time on this machine (default: the cores)")
-    sw.add_argument("--threads", type=positive_int, help="torch threads per run (default: cores / --parallel)")
+    sw.add_argument("--parallel", type=positive_int, help="runs at a time on this machine (default: as many as the "
+                    "cores hold, 1 torch thread each; a run with its learner process keeps 2 busy)")  # fmt: skip
+    sw.add_argument("--threads", type=positive_int, help="torch threads per run (default: what --parallel leaves)")
     sw.add_argument("--ray-address", help="an existing Ray cluster (e.g. ray://head:10001, or auto); default: "
                     "a local Ray on this machine's cores")  # fmt: skip
     sw.add_argument("--dry-run", action="store_true", help="check the grid and list the cells; run nothing")

@@ -169,6 +169,15 @@ def train_arguments(grid: Grid, cell: Cell, folder: Path, threads: int) -> list[
     return args + [a for text in cell.overrides for a in ("--set", text)]
 
 
+def sizing(cores: int, learner_process: bool, parallel: int | None, threads: int | None) -> tuple[int, int, int]:
+    """(runs at a time, torch threads per run, cores per run) on ``cores``: by default the runs fill the cores, one
+    torch thread each; a run with the learner process keeps one more core busy (acting) beside its threads."""
+    extra = int(learner_process)
+    parallel = parallel or max(1, cores // (1 + extra))
+    threads = threads or max(1, cores // parallel - extra)
+    return parallel, threads, threads + extra
+
+
 def prepare(folder: Path) -> None:
     """A cell that starts afresh keeps only its log: a kill before agent.pt leaves nothing to resume."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -204,10 +213,10 @@ def run_cell(args: list[str], folder: str, threads: int) -> tuple[int, float]:
 
 
 def run_cells(
-    jobs: list[tuple[Cell, list[str], Path]], threads: int, parallel: int, address: str | None
+    jobs: list[tuple[Cell, list[str], Path]], threads: int, cores: int, parallel: int, address: str | None
 ) -> Iterator[tuple[Cell, int | None, float, str]]:
-    """Each job as one Ray task, yielded (cell, exit code or None, wall s, Ray's error) as each ends. Locally
-    Ray gets ``parallel * threads`` CPUs and each task asks for ``threads``; a cluster schedules by its own."""
+    """Each job as one Ray task, yielded (cell, exit code or None, wall s, Ray's error) as each ends. Each task
+    asks for the ``cores`` its run keeps busy: a local Ray gets ``parallel`` times that, a cluster has its own."""
     import logging
 
     import ray
@@ -216,9 +225,9 @@ def run_cells(
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     else:
-        ray.init(num_cpus=parallel * threads, **quiet)
+        ray.init(num_cpus=parallel * cores, **quiet)
     try:
-        task = ray.remote(run_cell).options(num_cpus=threads, max_retries=0)
+        task = ray.remote(run_cell).options(num_cpus=cores, max_retries=0)
         pending = {task.remote(args, str(folder), threads): (cell, time.monotonic()) for cell, args, folder in jobs}
         while pending:
             [ready], _ = ray.wait(list(pending), num_returns=1)
@@ -259,6 +268,7 @@ def run_sweep(
     grid: Grid,
     out: Path,
     threads: int,
+    cores: int,
     parallel: int,
     address: str | None = None,
     say: Callable[[str], None] = print,
@@ -279,9 +289,9 @@ def run_sweep(
     actions = {cell.name: "resumed" if "--resume" in args else "started" for cell, args, _ in jobs}
     where = f"on the Ray cluster at {address}" if address else f"{parallel} at a time"
     say(f"sweep: {len(cells)} cells in {out}; {len(rows)} finished before (skipped), {len(jobs)} to run {where}, "
-        f"{threads} torch thread(s) each")  # fmt: skip
+        f"{threads} torch thread(s) and {cores} core(s) each")  # fmt: skip
     done = failed = 0
-    for cell, code, wall, error in run_cells(jobs, threads, parallel, address) if jobs else ():
+    for cell, code, wall, error in run_cells(jobs, threads, cores, parallel, address) if jobs else ():
         folder = out / cell.name
         ok = code == 0 and state(folder) == "done"
         row = cell_row(cell, folder, "done" if ok else "failed", actions[cell.name], code, wall)
