@@ -186,11 +186,15 @@ def prepare(folder: Path) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def _die_with_parent() -> None:
-    """The training process ends with the Ray worker that started it (a killed sweep leaves no run behind)."""
+def die_with_parent() -> Callable[[], None] | None:
+    """For ``preexec_fn``: the training process ends with the Ray worker that started it, so a killed sweep leaves
+    no run behind (Linux; libc is loaded here, before the fork, so the child only makes the call)."""
+    if sys.platform != "linux":
+        return None
     import ctypes
 
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def run_cell(args: list[str], folder: str, threads: int) -> tuple[int, float]:
@@ -207,7 +211,7 @@ def run_cell(args: list[str], folder: str, threads: int) -> tuple[int, float]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "OMP_NUM_THREADS": str(threads)},
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent(),
         ).returncode
     return code, time.monotonic() - started
 
@@ -221,11 +225,11 @@ def run_cells(
 
     import ray
 
-    quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}  # the cells' output is in their train.log
     if address:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-    else:
-        ray.init(num_cpus=parallel * cores, **quiet)
+        ray.init(address=address, **quiet)
+    else:  # a new Ray on this machine, whatever RAY_ADDRESS says
+        ray.init(address="local", num_cpus=parallel * cores, include_dashboard=False, **quiet)
     try:
         task = ray.remote(run_cell).options(num_cpus=cores, max_retries=0)
         pending = {task.remote(args, str(folder), threads): (cell, time.monotonic()) for cell, args, folder in jobs}
