@@ -2,7 +2,7 @@
 variant, at each evaluated step; as ``curves.png``, ``curves.csv`` and a ``report.md`` table at chosen steps,
 with the paper's reported points beside them.
 
-The interval is a percentile bootstrap over seeds (the seed is the unit the paper's intervals are over too):
+The interval is a percentile bootstrap over seeds (the paper reports means over 12 seeds with 95 % intervals):
 10,000 resamples of the seeds with replacement, from a fixed RNG seed, so a report is reproducible. At a step
 some seeds have not reached yet, the mean is over those that have (``seeds`` says how many).
 """
@@ -43,6 +43,8 @@ def read_sweep(folder: Path) -> Curves:
     curves: Curves = defaultdict(dict)
     for metrics in sorted(Path(folder).glob("*/*/seed_*/metrics.csv")):
         cell = metrics.parent
+        if not cell.name.removeprefix("seed_").isdigit():  # not a cell (a copy, say seed_0_old)
+            continue
         seed = int(cell.name.removeprefix("seed_"))
         rows = read_rows(metrics, required=("env_steps", "success_rate"))
         task, variant = cell.parent.parent.name, cell.parent.name

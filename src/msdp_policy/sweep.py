@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,11 @@ class Grid:
 
     config: str
     encoder: str
-    seeds: tuple[int, ...] = (0,)
-    tasks: tuple[str, ...] = ("peg",)
-    variants: dict[str, tuple[str, ...]] = field(default_factory=lambda: {"default": ()})
-    overrides: tuple[str, ...] = ()
-    offline: tuple[str, ...] = ()
+    seeds: tuple[int, ...]
+    tasks: tuple[str, ...]
+    variants: dict[str, tuple[str, ...]]
+    overrides: tuple[str, ...]
+    offline: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,8 @@ def read_grid_file(path: Path) -> dict[str, Any]:
 
 
 def make_grid(values: dict[str, Any]) -> Grid:
-    """A checked grid with absolute paths (the cells run in other processes, perhaps on other machines)."""
+    """A checked grid with absolute paths (the cells run in other processes, perhaps on other machines); by default
+    seed 0, the peg task and one variant, ``default``, without overrides."""
 
     def strings(key: str, items: Any) -> tuple[str, ...]:
         if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
@@ -87,7 +88,7 @@ def make_grid(values: dict[str, Any]) -> Grid:
 
     for key in ("config", "encoder"):
         if not isinstance(values.get(key), str | Path):
-            raise ConfigError(f"grid '{key}': expected a file path, got {values.get(key)!r}")
+            raise ConfigError(f"grid '{key}': expected a file path (grid file or --{key}), got {values.get(key)!r}")
     seeds = values.get("seeds", [0])
     if not isinstance(seeds, list | tuple) or not seeds or not all(type(s) is int and s >= 0 for s in seeds):
         raise ConfigError(f"grid 'seeds': expected a list of whole numbers >= 0, got {seeds!r}")
