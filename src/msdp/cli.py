@@ -627,7 +627,7 @@ def build_parser() -> ArgumentParser:
     sw.add_argument("--parallel", type=positive_int, help="runs at a time on this machine (default: as many as the "
                     "cores hold, 1 torch thread each; a run with its learner process keeps 2 busy)")  # fmt: skip
     sw.add_argument("--threads", type=positive_int, help="torch threads per run (default: what --parallel leaves)")
-    sw.add_argument("--ray-address", help="an existing Ray cluster (e.g. ray://head:10001, or auto); default: "
+    sw.add_argument("--ray-address", help="an existing Ray cluster (e.g. head-node:6379, or auto); default: "
                     "a local Ray on this machine's cores")  # fmt: skip
     sw.add_argument("--dry-run", action="store_true", help="check the grid and list the cells; run nothing")
 
