@@ -63,7 +63,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 @dataclass(frozen=True)
-class EpisodeResult:
+class EvaluationEpisode:
     """How one evaluation episode ended; ``final_error_m`` is the task's distance still to go (``Score``)."""
 
     seed: int
@@ -75,7 +75,7 @@ class EpisodeResult:
 
 def run_episode(
     policy: Policy, env: FrankaTaskEnv, seed: int, deterministic: bool = True, video: EpisodeVideo | None = None
-) -> EpisodeResult:
+) -> EvaluationEpisode:
     """One episode from scene ``seed``; with ``video``, a frame per observation (the first included)."""
     observation, _ = env.reset(seed=seed)
 
@@ -91,7 +91,7 @@ def run_episode(
         record(observation)
         total += reward
         done = terminated or truncated
-    return EpisodeResult(seed, bool(info["success"]), total, env.steps, float(info["goal_error"]))
+    return EvaluationEpisode(seed, bool(info["success"]), total, env.steps, float(info["goal_error"]))
 
 
 def run_episodes(
@@ -102,10 +102,10 @@ def run_episodes(
     video_folder: Path | None = None,
     videos: int = 0,
     progress: bool = False,
-) -> list[EpisodeResult]:
+) -> list[EvaluationEpisode]:
     """An episode per seed; the first ``videos`` are filmed into ``video_folder/episode_<index>.mp4``."""
     task = env.config.task
-    results: list[EpisodeResult] = []
+    results: list[EvaluationEpisode] = []
     bar = tqdm(seeds, desc="eval", unit="episode", disable=None if progress else True)  # None: off without a TTY
     for index, seed in enumerate(bar):
         filming = video_folder is not None and index < videos
@@ -120,7 +120,7 @@ def run_episodes(
     return results
 
 
-def summarise(results: Sequence[EpisodeResult]) -> dict[str, Any]:
+def summarise(results: Sequence[EvaluationEpisode]) -> dict[str, Any]:
     """Success rate with its 95 % Wilson interval, and the means of return, length and final error."""
     successes = sum(r.success for r in results)
     low, high = wilson_interval(successes, len(results))
@@ -135,7 +135,7 @@ def summarise(results: Sequence[EpisodeResult]) -> dict[str, Any]:
     }
 
 
-def episode_rows(results: Sequence[EpisodeResult]) -> list[dict[str, float]]:
+def episode_rows(results: Sequence[EvaluationEpisode]) -> list[dict[str, float]]:
     """The rows of ``episodes.csv``, one per episode in order."""
     return [
         {"episode": index, "seed": r.seed, "success": int(r.success), "return": r.total_reward, "length": r.length,
