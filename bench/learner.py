@@ -21,6 +21,7 @@ from msdp.config import from_dict
 from msdp.devices import DEVICES, PRECISIONS, resolve_device
 from msdp_perception.model import MSDPConfig, MSDPModel
 from msdp_policy.agent import BRIDGES, AgentConfig, SACAgent
+from msdp_policy.learner_process import keep_freed_memory
 from msdp_policy.replay import ENCODER_VARIANTS, Replay, embedding_record, transition_schema
 from msdp_policy.transition_log import TransitionReader, TransitionWriter
 
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     args = parser.parse_args()
     device = resolve_device(args.device)
+    keep_freed_memory()  # as msdp train and its learner process do
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = MSDPConfig()

@@ -1,8 +1,8 @@
 """The fast loop: simulated task, encoder, agent and transition log, no ROS.
 
 ``train`` runs SAC (or RLPD) on the simulated task with the same agent, replay and transition log the ROS
-nodes use. By default the learner runs in a second process beside the acting one (``learner_process.py``:
-two cores busy instead of one, the update-to-data ratio kept); ``learner_process: false`` runs both in turn.
+nodes use. Acting and learning take turns in one process, or with ``learner_process`` the learner runs in a
+second process beside the acting one (``learner_process.py``, the update-to-data ratio kept).
 Every ``eval_every`` environment steps it runs ``eval_episodes`` deterministic episodes on a fixed set of seeds,
 appends a row to ``metrics.csv`` (and as TensorBoard scalars ``eval/<column>`` to ``tensorboard/``), redraws
 ``curves.png`` and writes two checkpoints: ``policy.safetensors`` (what ``msdp eval`` and the policy node load;
@@ -71,7 +71,8 @@ class TrainConfig:
     torch_threads: int = field(default=1, metadata=param_range(1, 256))
     device: str = field(default="auto", metadata={"choices": DEVICES, "doc": "auto: a CUDA GPU if torch has one"})
     learner_process: bool = field(
-        default=True, metadata={"doc": "learn in a second process beside the acting one (false: one after the other)"}
+        default=False,
+        metadata={"doc": "learn in a second process beside acting; on 2 cores in turn is faster (README, Speed)"},
     )
     max_learner_lag: int = field(
         default=64, metadata=param_range(0, 10**6, "critic updates the learner process may owe before acting waits")
