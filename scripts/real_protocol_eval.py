@@ -4,7 +4,8 @@ Like ``msdp eval`` (which also evaluates in the run's cell, from its ``config.js
 ``RUN/policy.safetensors`` on the same fixed seeds (mean action, and sampled actions with ``--stochastic``);
 it adds the diagnosis: per failing episode where the tip ended (off the hole axis, depth below the fixture
 top), how far it moved over the last 10 steps and the mean of its last 5 actions, and the success of the run's
-own training episodes (from its transition log). Results go to ``RUN/real_eval_<mode>.json``. A diagnostic for the real-robot protocol study:
+own training episodes (from its transition log). Results go to ``RUN/real_eval_<mode>.json``. A diagnostic for
+the real-robot protocol study:
 
     .venv/bin/python scripts/real_protocol_eval.py runs/exp15/rlpd_base --episodes 50 --stochastic
 """
