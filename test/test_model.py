@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from msdp.config import ConfigError, from_dict
 from msdp_perception.checkpoint import CheckpointError, load_encoder, save_encoder
 from msdp_perception.encoder import EncodedObservation, FrozenEncoder, pack_embedding, unpack_embedding
-from msdp_perception.model import MSDPConfig, MSDPModel
+from msdp_perception.model import Attention, MSDPConfig, MSDPModel
 from msdp_perception.observation import Observation
 
 SMALL = MSDPConfig(stem_channels=8, width=32, decoder_width=32)
@@ -117,6 +118,21 @@ def test_prediction_objective_uses_the_action_token_and_scores_every_next_token(
     assert out["scored_vision"] == 4 * 64 and out["scored_ft"] == 4
     changed = model(dict(b, action=b["action"] + 3.0), keep=keep)
     assert not torch.allclose(out["pred"]["ft"], changed["pred"]["ft"])
+
+
+def test_attention_is_scaled_dot_product_attention():
+    """Attention is written out as matmuls for speed; it must compute what F.scaled_dot_product_attention
+    computed when the existing checkpoints were trained, padding mask included."""
+    torch.manual_seed(0)
+    attention = Attention(32, 4)
+    x = torch.randn(3, 10, 32)
+    attend = torch.rand(3, 10) > 0.4
+    attend[:, 0] = True
+    for mask in (None, attend):
+        q, k, v = attention.qkv(x).view(3, 10, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        heads = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None, None, :])
+        expected = attention.proj(heads.transpose(1, 2).reshape(3, 10, 32))
+        torch.testing.assert_close(attention(x, mask), expected)
 
 
 def test_normaliser_statistics_come_from_the_data():

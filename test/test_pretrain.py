@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from msdp.config import ConfigError, from_dict, load_yaml
 from msdp.node import load_params_file
@@ -16,11 +18,11 @@ from msdp_franka_driver.sim.collect import CollectConfig, collect_to_bags
 from msdp_perception.dataset import BagDataset, find_bags
 from msdp_perception.encoder import FrozenEncoder
 from msdp_perception.encoder_node import EncoderNodeConfig
-from msdp_perception.pretrain import PretrainConfig, split_indices
+from msdp_perception.pretrain import PretrainConfig, SampleSource, split_indices, training_model, update
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"stem_channels": 8, "width": 32, "decoder_width": 32}
-TINY = {"val_every": 10, "warmup_steps": 5, "val_block": 20, "model": TINY_MODEL}
+TINY = {"val_every": 10, "log_every": 5, "warmup_steps": 5, "val_block": 20, "model": TINY_MODEL}
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,17 @@ def test_msdp_pretrain_writes_a_loadable_checkpoint_and_its_report(tmp_path, bag
     assert encoder.config.width == 32
     # the normalisation was fitted to the recorded data, not left at identity
     assert sidecar["normalization"]["proprio_std"] != [1.0] * 14
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/loss_vision", "train/loss_ft", "train/loss_proprio", "val/loss", "val/vision",
+            "val/ft", "val/proprio", "fusion/ft_explained_by_others", "progress/updates_per_s",
+            "progress/lr"} <= tags  # fmt: skip
+    assert [e.step for e in events.Scalars("train/loss")] == [5, 10, 15, 20]  # log_every
+    assert [e.step for e in events.Scalars("val/loss")] == [10, 20]  # val_every
+    assert events.Scalars("val/loss")[-1].value == pytest.approx(float(rows[-1]["val_loss"]), rel=1e-5)
+    assert events.Scalars("train/loss")[-1].value == pytest.approx(float(rows[-1]["loss"]), rel=1e-5)
+    assert all(e.value > 0 for e in events.Scalars("progress/updates_per_s"))
 
 
 def test_held_out_blocks_are_contiguous_and_disjoint_from_training(bags):
@@ -78,6 +91,26 @@ def test_bad_inputs_are_refused_with_the_reason(tmp_path):
         from_dict(PretrainConfig, {"sync": {"ft_window": 8}})
     with pytest.raises(ConfigError, match="lr"):
         from_dict(PretrainConfig, {"lr": 5.0})
+    with pytest.raises(ConfigError, match="'log_every': 0"):
+        from_dict(PretrainConfig, {"log_every": 0})
+
+
+def test_bf16_updates_track_the_float32_losses(bags):
+    """bf16 autocast changes how the update is computed, not what it learns: from the same weights and
+    batches, the losses of a few updates stay close to plain float32's."""
+    dataset = BagDataset(find_bags([bags]), progress=False)
+    indices = np.arange(len(dataset))
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        config = from_dict(PretrainConfig, {**TINY, "precision": precision, "lr": 1e-3})
+        model, optimizer = training_model(config, dataset, indices, torch.device("cpu"))
+        source, rng = SampleSource(dataset, indices, successors=False), np.random.default_rng(0)
+        torch.manual_seed(1)  # the same masks
+        losses[precision] = [float(update(model, optimizer, source.sample(rng, 16), config.precision)["loss"].detach())
+                        for _ in range(15)]  # fmt: skip
+    assert losses["fp32"][-1] < 0.9 * losses["fp32"][0]  # it learns, so the comparison is not of constants
+    np.testing.assert_allclose(losses["bf16"], losses["fp32"], rtol=0.03)
 
 
 def test_shipped_perception_configs_validate():

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from msdp.config import ConfigError, param_range
@@ -164,17 +163,27 @@ class Normalizer(nn.Module):
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention written out as two batched matmuls and a softmax.
+
+    ``F.scaled_dot_product_attention`` picks the CPU flash kernel, whose backward is slow at these sizes (66
+    tokens of 32 channels per head) and slower still in bfloat16 (115 ms of a 280 ms update, one thread); the
+    plain matmuls take about 9 ms of it. (Under bf16 autocast the CPU softmax still sums in float32.)
+    """
+
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.heads = heads
+        self.scale = (width // heads) ** -0.5
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, attend: torch.Tensor | None) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        mask = None if attend is None else attend[:, None, None, :]
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        scores = (q * self.scale) @ k.transpose(-2, -1)
+        if attend is not None:
+            scores = scores.masked_fill(~attend[:, None, None, :], -math.inf)
+        x = scores.softmax(dim=-1) @ v
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
 
@@ -250,12 +259,21 @@ class MSDPModel(nn.Module):
 
     # --- tokens and masks --------------------------------------------------------------------------
 
+    def normalize(self, image: torch.Tensor, wrench: torch.Tensor, proprio: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw sensors -> normalised ``vision`` (B, 3, H, W), ``ft`` (B, W*6) and ``proprio`` (B, P): what the
+        tokens are made from and, for MSDP-R, what the decoder predicts (so a batch is normalised once)."""
+        n = self.normalizer
+        return {"vision": n.image(image), "ft": n.wrench(wrench).flatten(1), "proprio": n.proprio(proprio)}
+
     def tokenize(self, image: torch.Tensor, wrench: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
         """Raw sensor batch -> (B, n_tokens, D) tokens with position and modality embeddings added."""
-        n = self.normalizer
-        vision = self.stem(n.image(image)).flatten(2).transpose(1, 2)
-        ft = self.ft_embed(n.wrench(wrench).flatten(1))[:, None]
-        prop = self.proprio_embed(n.proprio(proprio))[:, None]
+        return self.tokens(self.normalize(image, wrench, proprio))
+
+    def tokens(self, sensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Normalised sensors (``normalize``) -> (B, n_tokens, D) tokens."""
+        vision = self.stem(sensors["vision"]).flatten(2).transpose(1, 2)
+        ft = self.ft_embed(sensors["ft"])[:, None]
+        prop = self.proprio_embed(sensors["proprio"])[:, None]
         tokens = torch.cat([vision, ft, prop], dim=1)
         return tokens + self.pos_embed + self.modality_embed[self.token_modality]
 
@@ -325,15 +343,14 @@ class MSDPModel(nn.Module):
 
     def targets(self, image: torch.Tensor, wrench: torch.Tensor, proprio: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalised sensors in the decoder's output layout."""
-        c, p = self.config, self.config.patch_size
-        x = self.normalizer.image(image)  # (B, 3, H, W)
-        g = c.vision_grid
+        return self.patchify(self.normalize(image, wrench, proprio))
+
+    def patchify(self, sensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Normalised sensors (``normalize``) in the decoder's output layout: the image as (B, G*G, p*p*3)."""
+        p, g = self.config.patch_size, self.config.vision_grid
+        x = sensors["vision"]
         patches = x.reshape(-1, 3, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(-1, g * g, p * p * 3)
-        return {
-            "vision": patches,
-            "ft": self.normalizer.wrench(wrench).flatten(1),
-            "proprio": self.normalizer.proprio(proprio),
-        }
+        return {**sensors, "vision": patches}
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
         """Decoder vision output -> (B, H, W, 3) uint8 image, for previews."""
@@ -359,15 +376,15 @@ class MSDPModel(nn.Module):
         present = batch["present"]
         if keep is None:
             keep = self.random_keep(present)
-        tokens = self.tokenize(batch["image"], batch["wrench"], batch["proprio"])
-        latents, ids, valid = self.encode_tokens(tokens, keep)
+        sensors = self.normalize(batch["image"], batch["wrench"], batch["proprio"])
+        latents, ids, valid = self.encode_tokens(self.tokens(sensors), keep)
         if self.config.objective == "prediction":
             pred = self.decode(latents, ids, valid, batch["action"])
             target = self.targets(batch["next_image"], batch["next_wrench"], batch["next_proprio"])
             scored = self.token_present(batch["next_present"])
         else:
             pred = self.decode(latents, ids, valid)
-            target = self.targets(batch["image"], batch["wrench"], batch["proprio"])
+            target = self.patchify(sensors)
             scored = self.token_present(present) & ~keep
         out: dict[str, torch.Tensor] = {}
         n_vision = self.config.vision_tokens

@@ -2,8 +2,10 @@
 
 Writes to the output folder: ``encoder.safetensors`` + ``encoder.json`` (the checkpoint, refreshed at every
 validation), ``metrics.csv`` (train and held-out loss per modality against the step), ``curves.png``,
-``preview.png`` (held-out originals next to reconstructions, F/T and joint traces) and ``summary.json``
-(final losses and the fusion check: how well each low-dimensional sensor is predicted from the others).
+``preview.png`` (held-out originals next to reconstructions, F/T and joint traces), ``summary.json``
+(final losses and the fusion check: how well each low-dimensional sensor is predicted from the others) and
+``tensorboard/`` (the training losses, update rate and learning rate every ``log_every`` updates, and each
+validation's held-out losses and fusion check; ``tensorboard --logdir <out>/tensorboard``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from msdp import vocabulary as vocab
@@ -48,32 +51,37 @@ class PretrainConfig:
     seed: int = field(default=0, metadata=param_range(0, 2**31 - 1))
     device: str = field(default="auto", metadata={"choices": DEVICES, "doc": "auto: a CUDA GPU if torch has one"})
     precision: str = field(default="fp32", metadata={"choices": PRECISIONS, "doc": "bf16: autocast in the updates"})
+    log_every: int = field(default=50, metadata=param_range(1, 1_000_000, "updates between TensorBoard points"))
 
 
 class SampleSource:
-    """Batches of tensors drawn from a ``BagDataset`` (with the successor sample for MSDP-P)."""
+    """Batches of tensors drawn from a ``BagDataset``; with ``successors`` (MSDP-P) also the action and the
+    sample it led to (MSDP-R leaves them out: gathering a second batch of images is wasted there)."""
 
-    def __init__(self, dataset: BagDataset, indices: np.ndarray, device: torch.device | None = None):
-        self.dataset, self.indices = dataset, indices
+    def __init__(
+        self, dataset: BagDataset, indices: np.ndarray, device: torch.device | None = None, successors: bool = True
+    ):
+        self.dataset, self.indices, self.successors = dataset, indices, successors
         self.device = device or torch.device("cpu")
 
     def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        """The samples ``idx`` (and their successors, for MSDP-P) as tensors on the source's device."""
+        """The samples ``idx`` (and their successors) as tensors on the source's device."""
         d = self.dataset
         out = {
             "image": torch.from_numpy(d.images[idx]),
             "wrench": torch.from_numpy(d.wrench[idx]),
             "proprio": torch.from_numpy(d.proprio[idx]),
             "present": torch.from_numpy(d.present[idx]),
-            "action": torch.from_numpy(np.nan_to_num(d.actions[idx])),
         }
-        nxt = np.where(d.next_index[idx] >= 0, d.next_index[idx], idx)
-        out.update(
-            next_image=torch.from_numpy(d.images[nxt]),
-            next_wrench=torch.from_numpy(d.wrench[nxt]),
-            next_proprio=torch.from_numpy(d.proprio[nxt]),
-            next_present=torch.from_numpy(d.present[nxt]),
-        )
+        if self.successors:
+            nxt = np.where(d.next_index[idx] >= 0, d.next_index[idx], idx)
+            out.update(
+                action=torch.from_numpy(np.nan_to_num(d.actions[idx])),
+                next_image=torch.from_numpy(d.images[nxt]),
+                next_wrench=torch.from_numpy(d.wrench[nxt]),
+                next_proprio=torch.from_numpy(d.proprio[nxt]),
+                next_present=torch.from_numpy(d.present[nxt]),
+            )
         return out if self.device.type == "cpu" else {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
 
     def sample(self, rng: np.random.Generator, size: int) -> dict[str, torch.Tensor]:
@@ -109,6 +117,52 @@ def fit_normalizer(model: MSDPModel, dataset: BagDataset, train: np.ndarray) -> 
         dataset.proprio[train[present[:, 2]]],
         dataset.actions[train],
     )
+
+
+def training_model(
+    config: PretrainConfig, dataset: BagDataset, train: np.ndarray, device: torch.device
+) -> tuple[MSDPModel, torch.optim.AdamW]:
+    """The model with its normaliser fitted to the ``train`` samples, on ``device``, and its AdamW: one place
+    for ``pretrain`` and ``bench/pretrain.py``.
+
+    AdamW is fused (one kernel over all parameters; the default loops over them in Python).
+    """
+    model = MSDPModel(config.model)
+    fit_normalizer(model, dataset, train)
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    return model, optimizer
+
+
+def update(
+    model: MSDPModel, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], precision: str
+) -> dict[str, torch.Tensor]:
+    """One pretraining update on ``batch``; returns the model's outputs (losses still on the device)."""
+    with autocast(batch["image"].device, precision):
+        out = model(batch)
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    optimizer.step()
+    return out
+
+
+def tensorboard_tag(column: str) -> str:
+    """The TensorBoard tag of a metrics column: ``val/``, ``fusion/``, ``progress/`` or ``train/``."""
+    if column.startswith("val_"):
+        return f"val/{column.removeprefix('val_')}"
+    if column.endswith("_explained_by_others"):
+        return f"fusion/{column}"
+    if column in ("updates_per_s", "lr"):
+        return f"progress/{column}"
+    return f"train/{column}"
+
+
+def write_scalars(writer: SummaryWriter, values: dict[str, float], step: int) -> None:
+    """Metrics columns as TensorBoard scalars at ``step`` (not the step and time columns, nor NaN)."""
+    for column, value in values.items():
+        if column not in ("step", "seconds") and math.isfinite(value):
+            writer.add_scalar(tensorboard_tag(column), value, step)
+    writer.flush()
 
 
 def learning_rate(step: int, config: PretrainConfig) -> float:
@@ -182,11 +236,9 @@ def pretrain(
     )
     train_idx, val_idx = split_indices(dataset, config, rng)
     device = resolve_device(config.device)
-    train, val = SampleSource(dataset, train_idx, device), SampleSource(dataset, val_idx, device)
-    model = MSDPModel(config.model)
-    fit_normalizer(model, dataset, train_idx)
-    model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    successors = config.model.objective == "prediction"
+    train, val = (SampleSource(dataset, idx, device, successors) for idx in (train_idx, val_idx))
+    model, optimizer = training_model(config, dataset, train_idx, device)
     preview_idx = val_idx[:: max(1, len(val_idx) // 4)][:4] if len(val_idx) else train_idx[:4]
 
     training = {
@@ -198,33 +250,42 @@ def pretrain(
     }
     rows: list[dict[str, float]] = []
     fusion: dict[str, dict[str, float]] = {}
-    running = {f"loss_{m}": 0.0 for m in MODALITIES}
-    started = time.monotonic()
+    running: dict[str, torch.Tensor] = {}
+    started = window_started = time.monotonic()
+    window_step = 0
+    tensorboard = SummaryWriter(str(out_dir / "tensorboard"))
     bar = tqdm(range(config.steps), desc=f"pretrain {config.model.objective}", disable=not progress, unit="step")
     for step in bar:
+        lr = learning_rate(step, config)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config)
-        with autocast(device, config.precision):
-            out = model(train.sample(rng, config.batch_size))
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        for key in running:  # kept on the device: reading a loss every update would wait for it
+            group["lr"] = lr
+        out = update(model, optimizer, train.sample(rng, config.batch_size), config.precision)
+        for key in ("loss", *(f"loss_{m}" for m in MODALITIES)):  # on the device: reading one waits for it
             value = out[key].detach().float()
             running[key] = 0.98 * running[key] + 0.02 * value if step else value
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{float(out['loss'].detach()):.3f}", refresh=False)
+        if (step + 1) % config.log_every == 0:
+            now = time.monotonic()
+            losses = {key: float(value) for key, value in running.items()}
+            rate = (step + 1 - window_step) / (now - window_started)
+            write_scalars(tensorboard, {**losses, "updates_per_s": rate, "lr": lr}, step + 1)
+            bar.set_postfix(loss=f"{losses['loss']:.3f}", refresh=False)
+            window_started, window_step = now, step + 1
         if (step + 1) % config.val_every == 0 or step + 1 == config.steps:
+            validation_started = time.monotonic()
             row = {"step": step + 1, "seconds": time.monotonic() - started, **{k: float(v) for k, v in running.items()}}
             if len(val_idx):
                 row.update(evaluate(model, val, config.val_samples))
                 fusion = fusion_check(model, val, config.val_samples)
                 row.update({f"{m}_explained_by_others": f["explained"] for m, f in fusion.items()})
+                held_out = {k: v for k, v in row.items() if not tensorboard_tag(k).startswith("train/")}
+                write_scalars(tensorboard, held_out, step + 1)  # the training losses went in at log_every
             rows.append(row)
             write_rows(out_dir / "metrics.csv", rows)
             plot_curves(rows, out_dir / "curves.png")
             plot_preview(model, val if len(val_idx) else train, preview_idx, out_dir / "preview.png")
             save_encoder(out_dir / "encoder", model, {**training, "steps": step + 1, "metrics": row})
+            window_started += time.monotonic() - validation_started  # the update rate leaves validation out
+    tensorboard.close()
 
     summary = {
         **training,
