@@ -127,6 +127,7 @@ projection_matrix:
 """
 
 
+@pytest.mark.slow  # make test-slow: the file source; the stream sources run in make test
 def test_a_video_file_plays_once_with_its_calibration_and_the_node_exits_0(tmp_path):
     decoded = write_video(tmp_path / "clip.avi", 200)
     (tmp_path / "calibration.yaml").write_text(CALIBRATION)

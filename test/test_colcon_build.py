@@ -157,6 +157,7 @@ def test_console_scripts_are_installed_and_nodes_start(install, ros_env, tmp_pat
         assert len(lines) == 1 and "invalid parameter" in lines[0] and f"'{bad[name][0]}'" in lines[0], err
 
 
+@pytest.mark.slow  # make test-slow: the installed console scripts are checked in make test
 def test_train_and_pretrain_find_their_config_in_the_install(install, ros_env, tmp_path):
     """Both get past finding their config (a failure there is a traceback) and stop at their missing input."""
     msdp = scripts_dir(install) / "msdp"

@@ -301,6 +301,7 @@ def test_impedance_gains_change_at_run_time_validated_and_ramped(watched_driver)
     assert "parameter change refused: parameter 'impedance.translational_stiffness'" in log.read_text()
 
 
+@pytest.mark.slow  # make test-slow: the hand-guided demonstration (test_teleop_node) runs in make test
 @pytest.mark.parametrize("watched_driver", [{"sim.reflex_force": 30.0}], indirect=True)
 def test_hand_guiding_lets_a_simulated_hand_move_the_arm_which_stays_where_left(watched_driver):
     probe, _, log = watched_driver

@@ -118,6 +118,7 @@ def _ft_masked(array: DiagnosticArray) -> bool:
     return status.name.startswith("msdp_encoder") and {kv.key: kv.value for kv in status.values}["ft_masked"] == "True"
 
 
+@pytest.mark.slow  # make test-slow
 def test_an_encoder_on_the_wrong_clock_says_so(tmp_path):
     """Next to the simulated arm (stamps on /clock) an encoder without use_sim_time sees every sensor as decades
     old: the masking reason says why and what to do."""

@@ -52,6 +52,7 @@ def grid(tmp_path, encoder):  # noqa: F811 (the fixture imported above)
     return path
 
 
+@pytest.mark.slow  # make test-slow: Ray start-up and eight tiny runs (about 30 s)
 def test_a_sweep_runs_every_cell_reports_failures_and_resumes_after_a_kill(tmp_path, grid, capsys):
     out = tmp_path / "sweep"
     command = ["sweep", "--grid", str(grid), "--out", str(out), "--parallel", "2", "--threads", "1"]

@@ -45,6 +45,7 @@ def test_holding_the_arm_still_at_the_goal_stores_that_pose(tmp_path):
     assert "goal stored" in output
 
 
+@pytest.mark.slow  # make test-slow
 def test_without_a_pose_or_a_terminal_teach_goal_says_what_is_missing(tmp_path):
     waiting = teach("--out", str(tmp_path / "goal.yaml"), "--timeout", "2")
     output, _ = waiting.communicate(timeout=120)

@@ -105,11 +105,11 @@ class RehearsalConfig:
 
 
 SHORT = {  # every phase, at a size that checks the hand-overs in about a minute
-    "demonstrations": 2,
-    "play_samples": 40,
+    "demonstrations": 1,
+    "play_samples": 20,
     "online_steps": 60,
     "update_after": 20,
-    "eval_episodes": 2,
+    "eval_episodes": 1,
     "real_time_factor": 2.0,
     "task": {"max_episode_steps": 20},
     "pretrain": {"steps": 10, "val_every": 5, "val_samples": 16, "batch_size": 16},
