@@ -172,7 +172,14 @@ class LearnerProcess:
 
     def _check_alive(self) -> None:
         if not self.process.is_alive():
-            raise RuntimeError(f"the learner process died (exit code {self.process.exitcode})")
+            reason = f"exit code {self.process.exitcode}"
+            try:
+                if self.connection.poll():  # it said why before it ended
+                    kind, value = self.connection.recv()
+                    reason = value if kind == "error" else reason
+            except (EOFError, OSError):
+                pass
+            raise RuntimeError(f"the learner process died ({reason})")
 
 
 def learner_main(
