@@ -34,4 +34,5 @@ bench: env
 	$(PY) bench/pretrain.py
 	$(PY) bench/encoder_latency.py
 	$(PY) bench/learner.py
+	$(PY) bench/train_loop.py
 	$(PY) bench/transition_log.py

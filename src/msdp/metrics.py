@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -59,10 +59,10 @@ class ScalarWriter(Protocol):
     def flush(self) -> None: ...
 
 
-def write_scalars(writer: ScalarWriter, group: str, row: dict[str, float], step: int) -> None:
-    """A metrics row as TensorBoard scalars, tag ``<group>/<column>`` at ``step``, beside the CSV (the same
-    numbers, for TensorBoard users); text and non-finite values are left out."""
+def write_scalars(writer: ScalarWriter, group: str | Callable[[str], str], row: dict[str, float], step: int) -> None:
+    """A metrics row as TensorBoard scalars at ``step``, beside the CSV (the same numbers, for TensorBoard users):
+    tag ``<group>/<column>``, or ``group(column)``; text and non-finite values are left out."""
     for name, value in row.items():
         if isinstance(value, int | float) and math.isfinite(value):
-            writer.add_scalar(f"{group}/{name}", value, step)
+            writer.add_scalar(group(name) if callable(group) else f"{group}/{name}", value, step)
     writer.flush()

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from msdp import vocabulary as vocab
 from msdp.config import param_range, to_dict
 from msdp.devices import DEVICES, PRECISIONS, autocast, resolve_device
-from msdp.metrics import write_rows
+from msdp.metrics import write_rows, write_scalars
 from msdp.seeding import seed_run
 from msdp_perception.bags import BagError
 from msdp_perception.checkpoint import save_encoder
@@ -157,14 +157,6 @@ def tensorboard_tag(column: str) -> str:
     return f"train/{column}"
 
 
-def write_scalars(writer: SummaryWriter, values: dict[str, float], step: int) -> None:
-    """Metrics columns as TensorBoard scalars at ``step`` (not the step and time columns, nor NaN)."""
-    for column, value in values.items():
-        if column not in ("step", "seconds") and math.isfinite(value):
-            writer.add_scalar(tensorboard_tag(column), value, step)
-    writer.flush()
-
-
 def learning_rate(step: int, config: PretrainConfig) -> float:
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
@@ -267,7 +259,7 @@ def pretrain(
             now = time.monotonic()
             losses = {key: float(value) for key, value in running.items()}
             rate = (step + 1 - window_step) / (now - window_started)
-            write_scalars(tensorboard, {**losses, "updates_per_s": rate, "lr": lr}, step + 1)
+            write_scalars(tensorboard, tensorboard_tag, {**losses, "updates_per_s": rate, "lr": lr}, step + 1)
             bar.set_postfix(loss=f"{losses['loss']:.3f}", refresh=False)
             window_started, window_step = now, step + 1
         if (step + 1) % config.val_every == 0 or step + 1 == config.steps:
@@ -277,8 +269,12 @@ def pretrain(
                 row.update(evaluate(model, val, config.val_samples))
                 fusion = fusion_check(model, val, config.val_samples)
                 row.update({f"{m}_explained_by_others": f["explained"] for m, f in fusion.items()})
-                held_out = {k: v for k, v in row.items() if not tensorboard_tag(k).startswith("train/")}
-                write_scalars(tensorboard, held_out, step + 1)  # the training losses went in at log_every
+                held_out = {
+                    k: v
+                    for k, v in row.items()
+                    if k not in ("step", "seconds") and not tensorboard_tag(k).startswith("train/")
+                }  # the training losses went in at log_every
+                write_scalars(tensorboard, tensorboard_tag, held_out, step + 1)
             rows.append(row)
             write_rows(out_dir / "metrics.csv", rows)
             plot_curves(rows, out_dir / "curves.png")
