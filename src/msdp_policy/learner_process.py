@@ -51,6 +51,11 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 1 << 30)
 
 
+def acting_weights(agent: SACAgent) -> nn.ModuleDict:
+    """What acting needs of the agent and the learner changes: the actor, and the scratch variant's encoder."""
+    return nn.ModuleDict({"actor": agent.actor, **({"encoder": agent.encoder} if agent.encoder else {})})
+
+
 class SharedWeights:
     """A module's parameters and buffers in shared memory, with a sequence counter (see the module docstring)."""
 
@@ -105,7 +110,7 @@ class LearnerProcess:
     def __init__(self, job: LearnerJob, agent: SACAgent, resume_from: Path | None):
         context = mp.get_context("spawn")  # a fork would copy the parent's OpenMP threads in a broken state
         self.job = job
-        weights = nn.ModuleDict({"actor": agent.actor, **({"encoder": agent.encoder} if agent.encoder else {})})
+        weights = acting_weights(agent)
         self.shared = SharedWeights(weights, context)
         self.updates = context.Value(ctypes.c_int64, agent.critic_updates, lock=False)
         self.seen = 0
@@ -203,7 +208,7 @@ def learner_main(
         learner = Learner(agent, replay, offline, job.update_after, job.batch_seed)
         if resume_from is not None:
             learner.resume(resume_from)
-        weights = nn.ModuleDict({"actor": agent.actor, **({"encoder": agent.encoder} if agent.encoder else {})})
+        weights = acting_weights(agent)
         serve(learner, job.agent_checkpoint, weights, shared, updates, connection)
     except Exception as exc:  # reported to the acting process, which raises it there
         connection.send(("error", f"{type(exc).__name__}: {exc}"))

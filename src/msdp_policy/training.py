@@ -42,7 +42,7 @@ from msdp_perception.model import MSDPModel
 from msdp_policy.agent import AgentConfig, SACAgent
 from msdp_policy.evaluation import evaluate, training_seed
 from msdp_policy.learner import Learner
-from msdp_policy.learner_process import LearnerJob, LearnerProcess, keep_freed_memory
+from msdp_policy.learner_process import LearnerJob, LearnerProcess, acting_weights, keep_freed_memory
 from msdp_policy.policy import SENSOR_SUBSETS, Policy, PolicyInfo, save_policy
 from msdp_policy.replay import (
     ENCODER_VARIANTS,
@@ -128,9 +128,7 @@ class Trainer:
         self.elapsed_before = 0.0
         self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"))  # the metrics.csv rows, for TensorBoard
         self.learner_process: LearnerProcess | None = None  # started by run() when config.learner_process
-        self.weights = torch.nn.ModuleDict({"actor": self.agent.actor})  # what the acting process acts with
-        if scratch is not None:
-            self.weights["encoder"] = scratch
+        self.weights = acting_weights(self.agent)  # what the acting process acts with
 
     # -- persistence --------------------------------------------------------------------------------------
     def info(self) -> PolicyInfo:
