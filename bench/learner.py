@@ -1,12 +1,16 @@
 """Learner speed: critic + actor updates per second at batch 256, batches drawn from a real transition log.
 
 Usage: python bench/learner.py [--bridge cross_attention|pooling|cls|concat] [--variant msdp_frozen|scratch]
-[--updates N] [--threads N] [--device auto|cpu|cuda] [--precision fp32|bf16]. A log of 2,000 transitions in
+[--updates N] [--threads N] [--device auto|cpu|cuda] [--precision fp32|bf16] [--profile]. A log of 2,000 transitions in
 the schema training uses (66 x 128 bfloat16 tokens, or raw observations for ``scratch``) is written to a
 temporary folder; each update samples a batch from it through ``Replay`` (gathering and widening included),
 copies it to the device and runs one critic update and one actor + temperature
 update (the critic-to-actor ratio 1 case). For ``scratch``, every update also runs the encoder on the 2 x 256
 raw observations and backpropagates the critic loss into it. Values do not change the cost.
+
+Where the limit is: the bench counts the floating-point work of one update (torch's FlopCounterMode) and times a
+large matmul in the same precision, which bounds the rate from the arithmetic alone; ``--profile`` adds the time
+the update's own matmuls take at this network's shapes, which bounds it with these kernels, and the top operators.
 """
 
 import argparse
@@ -16,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from limits import matmul_gflops, print_kernel_floor
+from torch.utils.flop_counter import FlopCounterMode
 
 from msdp.config import from_dict
 from msdp.devices import DEVICES, PRECISIONS, resolve_device
@@ -57,6 +63,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (this machine has 2 cores)")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument("--profile", action="store_true", help="also profile 50 updates (time per operator)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     keep_freed_memory()  # as msdp train and its learner process do
@@ -81,12 +88,20 @@ def main() -> None:
             metrics = update()
         float(metrics["critic_loss"])  # wait for the device
         elapsed = time.perf_counter() - start
+        with FlopCounterMode(display=False) as counter:
+            update()
+        if args.profile:
+            print_kernel_floor(update, 50, device)
     parameters = sum(p.numel() for p in agent.parameters() if p.requires_grad)
     print(f"variant: {args.variant}  bridge: {args.bridge}  batch: {args.batch_size}  "
           f"trainable parameters: {parameters / 1e6:.2f} M")  # fmt: skip
     per_update_ms = 1e3 * elapsed / args.updates
     print(f"device: {device}  precision: {args.precision}  torch threads: {torch.get_num_threads()}  "
           f"ms per update (batch sampling included): {per_update_ms:.1f}")  # fmt: skip
+    gflop, peak = counter.get_total_flops() / 1e9, matmul_gflops(device, args.precision)
+    print(f"{gflop:.2f} GFLOP per update, {gflop * args.updates / elapsed:.0f} GFLOP/s achieved; a 1024^3 matmul "
+          f"runs at {peak:.0f} GFLOP/s here, so the arithmetic alone allows at most "
+          f"{peak / gflop:.0f} updates/s")  # fmt: skip
     print(f"learner_updates_per_s: {args.updates / elapsed:.1f}")
 
 

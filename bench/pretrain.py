@@ -6,8 +6,8 @@ Collects a small random-action recording, then times full updates (batch assembl
 forward, backward, AdamW step: ``pretrain``'s own model, optimiser and update) after a few warm-up updates.
 The figure is per update, so a 30,000-update run takes 30,000 / N seconds. The floating-point operations of
 one update (counted by torch's FlopCounterMode) over its time give the GFLOP/s achieved, to compare with what
-the cores do on a plain matmul. ``--profile N`` prints torch.profiler's table of N more updates (the operators
-taking the most time).
+the cores do on a plain matmul (bench/limits.py). ``--profile N`` profiles N more updates: the time in matmul and
+convolution kernels (the bound they set) and the operators taking the most time.
 """
 
 import argparse
@@ -20,6 +20,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from limits import matmul_gflops, print_kernel_floor  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from msdp.config import from_dict  # noqa: E402
@@ -69,16 +70,16 @@ def main() -> None:
     float(loss)  # wait for the device
     elapsed = time.perf_counter() - start
     if args.profile:
-        with torch.profiler.profile() as profile:
-            for _ in range(args.profile):
-                float(step())
-        print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        print_kernel_floor(lambda: float(step()), args.profile, device)
     gflop = update_flops(config.model, source.sample(rng, args.batch_size)) / 1e9
     parameters = sum(p.numel() for p in model.parameters())
     print(f"objective: {args.objective}  batch: {args.batch_size}  parameters: {parameters / 1e6:.2f} M")
     print(f"device: {device}  precision: {args.precision}  torch threads: {torch.get_num_threads()}  "
           f"ms per update: {1e3 * elapsed / args.steps:.1f}")  # fmt: skip
-    print(f"{gflop:.1f} GFLOP per update (forward + backward): {gflop * args.steps / elapsed:.0f} GFLOP/s achieved")
+    peak = matmul_gflops(device, args.precision)
+    print(f"{gflop:.1f} GFLOP per update (forward + backward): {gflop * args.steps / elapsed:.0f} GFLOP/s achieved; "
+          f"a 1024^3 matmul runs at {peak:.0f} GFLOP/s here, so the arithmetic alone allows at most "
+          f"{peak / gflop:.1f} updates/s")  # fmt: skip
     print(f"30,000 updates would take {30000 * elapsed / args.steps / 60:.0f} min")
     print(f"pretrain_steps_per_s: {args.steps / elapsed:.2f}")
 

@@ -6,7 +6,8 @@ one's) and the default agent (batch 256, two critics, cross-attention bridge) ru
 figure is the steady state: environment steps per second from ``--update-after`` (where learning starts) to
 ``--steps`` (at most twice that, so no evaluation falls in between), from the run's own metrics.csv; the final
 evaluation episode (100 steps) is inside the window, so the figure errs low by a few per cent. ``--in-turn`` runs
-acting and learning one after the other in one process (``learner_process: false``), as before.
+acting and learning one after the other in one process (``learner_process: false``, the default); it also prints
+what acting alone (the random-action phase) and learning each take per step, the two terms of the loop's time.
 """
 
 import argparse
@@ -51,9 +52,15 @@ def main() -> None:
         train(config, encoder, run, progress=False)
         total = time.monotonic() - started
         rows = {int(r["env_steps"]): r for r in read_rows(run / "metrics.csv")}
-    first, last = rows[args.update_after], rows[args.steps]
+    start, first, last = rows[0], rows[args.update_after], rows[args.steps]
     steady = (args.steps - args.update_after) / (last["wall_s"] - first["wall_s"])
+    acting = args.update_after / (first["wall_s"] - start["wall_s"])
     print(f"{args.steps} steps in {total:.0f} s (start-up and {len(rows)} evaluation episodes included)")
+    print(f"acting alone (random actions before {args.update_after}, no learning, one evaluation episode inside): "
+          f"{acting:.1f} steps/s")  # fmt: skip
+    if args.in_turn:  # each step is acting, then two updates: what is left of the step's time is learning
+        learning_ms = 1e3 * (1 / steady - 1 / acting)
+        print(f"learning: {learning_ms:.1f} ms per environment step, {2e3 / learning_ms:.1f} updates/s")
     print(f"learner: {'in turn, one process' if args.in_turn else 'own process'}, {args.threads} torch thread(s), "
           f"{args.precision}, {args.device}")  # fmt: skip
     print(f"critic updates: {int(last['critic_updates'])} for {args.steps} steps (ratio 2 after {args.update_after})")

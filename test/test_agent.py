@@ -135,3 +135,18 @@ def test_without_a_cloning_weight_the_batch_actions_change_nothing():
         assert "bc_loss" not in agent.update_actor(b["pooled"], latent, data_action)
         updated.append(agent.actor.state_dict())
     assert all(torch.equal(updated[0][k], updated[1][k]) for k in updated[0])
+
+
+def test_td_loss_is_the_loss_an_update_minimises_and_changes_nothing():
+    torch.manual_seed(0)
+    agent = SACAgent(AgentConfig(), WIDTH, N_TOKENS, ACTIONS)
+    data = batch()
+    before = {k: v.clone() for k, v in agent.state_dict().items()}
+    torch.manual_seed(7)  # the same target-action noise for both
+    held_out = agent.td_loss(data)
+    assert all(torch.equal(before[k], v) for k, v in agent.state_dict().items())
+    torch.manual_seed(7)
+    reported = agent.update(data)["critic_loss"]
+    torch.testing.assert_close(held_out, reported)
+    torch.manual_seed(7)
+    assert agent.td_loss(data) < held_out  # the step lowered it

@@ -289,16 +289,28 @@ class SACAgent(nn.Module):
                 metrics.update(self.update_actor(observation.pooled.detach(), latent, batch["action"]))
         return metrics
 
+    @torch.no_grad()
+    def td_target(self, batch: dict[str, torch.Tensor], next_observation: Embedding) -> torch.Tensor:
+        """r + gamma (1 - terminal) (min over the target critics of Q(s', a') - alpha log pi(a'|s')), a' ~ pi."""
+        next_action, next_log_prob, _ = self.actor.sample(next_observation.pooled)
+        next_q = self.critic_target(next_observation.tokens, next_observation.token_present, next_action)
+        soft_value = next_q.min(dim=0).values - self.temperature * next_log_prob
+        return batch["reward"] + self.config.gamma * (1.0 - batch["terminal"].float()) * soft_value
+
+    @torch.no_grad()
+    def td_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The critic loss on a batch without updating anything (held-out batches, precision comparisons)."""
+        with autocast(self.log_temperature.device, self.config.precision):
+            observation, next_observation = self.features(batch), self.features(batch, "next_")
+            q = self.critic(observation.tokens, observation.token_present, batch["action"])
+            target = self.td_target(batch, next_observation)
+            return F.mse_loss(q, target.expand_as(q), reduction="none").mean(dim=1).sum().float()
+
     def update_critic(
         self, batch: dict[str, torch.Tensor], observation: Embedding, next_observation: Embedding
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Returns the metrics and the bridge's output for the observations (detached, for the actor)."""
-        c = self.config
-        with torch.no_grad():
-            next_action, next_log_prob, _ = self.actor.sample(next_observation.pooled)
-            next_q = self.critic_target(next_observation.tokens, next_observation.token_present, next_action)
-            soft_value = next_q.min(dim=0).values - self.temperature * next_log_prob
-            target = batch["reward"] + c.gamma * (1.0 - batch["terminal"].float()) * soft_value
+        target = self.td_target(batch, next_observation)
         latent = self.critic.bridge(observation.tokens, observation.token_present)
         q = self.critic.q(torch.cat([latent, batch["action"]], dim=-1))
         loss = F.mse_loss(q, target.expand_as(q), reduction="none").mean(dim=1).sum()
@@ -306,7 +318,7 @@ class SACAgent(nn.Module):
         loss.backward()
         self.critic_optimizer.step()
         with torch.no_grad():
-            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), c.tau)
+            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.config.tau)
         return {"critic_loss": loss.detach(), "q": q.detach().mean()}, latent.detach()
 
     def update_actor(
