@@ -77,6 +77,18 @@ def test_train_evaluates_checkpoints_and_resumes_where_it_stopped(tmp_path, enco
     assert "2 run(s)" in capsys.readouterr().out and (tmp_path / "both.png").stat().st_size > 10_000
 
 
+def test_the_same_seed_gives_the_same_run_step_for_step_and_another_seed_does_not(tmp_path, encoder):
+    """In turn, a run is a function of its config and seed: the same transitions, losses and evaluations."""
+    logs, curves = [], []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        train(from_dict(TrainConfig, {**SMALL, "seed": seed}), encoder, tmp_path / name, progress=False)
+        logs.append((tmp_path / name / "transitions" / LOG_FILE).read_bytes())
+        timing = ("wall_s", "steps_per_s")
+        curves.append([{k: v for k, v in row.items() if k not in timing} for row in rows(tmp_path / name)])
+    assert logs[0] == logs[1] and curves[0] == curves[1]
+    assert logs[0] != logs[2]
+
+
 def test_train_command_line_flags_reach_the_run_config(tmp_path, encoder):
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump(SMALL))
