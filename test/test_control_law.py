@@ -17,7 +17,16 @@ from msdp_franka_driver.control_law import (
     TargetFilter,
     TorqueRateLimiter,
 )
-from msdp_franka_driver.pose import orientation_error, quat_multiply, quat_to_matrix, rotvec_to_quat, slerp
+from msdp_franka_driver.pose import (
+    angle_between,
+    nlerp,
+    orientation_error,
+    quat_multiply,
+    quat_normalize,
+    quat_to_matrix,
+    rotvec_to_quat,
+    slerp,
+)
 
 RNG = np.random.default_rng(0)
 IDENTITY = np.array([0.0, 0.0, 0.0, 1.0])
@@ -391,3 +400,109 @@ def test_impedance_config_rejects_bad_values_naming_the_parameter(values, messag
 def test_inverted_workspace_box_is_rejected():
     with pytest.raises(ConfigError, match=r"workspace_min\[2\]"):
         from_dict(SafetyConfig, {"workspace_min": [0.2, -0.3, 0.7], "workspace_max": [0.7, 0.3, 0.6]})
+
+
+def reference_law(law: CartesianImpedanceLaw, s: ArmState, position: np.ndarray, orientation: np.ndarray):
+    """The law written plainly, as one expression per term (what the in-place fast path must equal)."""
+    error = np.concatenate([position - s.position, orientation_error(orientation, s.orientation)])
+    wrench = law.stiffness * error - law.damping * (s.jacobian @ s.dq)
+    posture = law.nullspace_stiffness * (law.nullspace_q - s.q) - law.nullspace_damping * s.dq
+    gram = s.jacobian @ s.jacobian.T + 1e-6 * np.eye(6)
+    return s.jacobian.T @ (wrench - np.linalg.solve(gram, s.jacobian @ posture)) + posture + s.bias_torque
+
+
+def random_state(rng: np.random.Generator) -> ArmState:
+    return ArmState(
+        q=rng.normal(size=7),
+        dq=rng.normal(size=7),
+        position=rng.uniform([0.2, -0.4, 0.0], [0.8, 0.4, 0.7]),
+        orientation=quat_normalize(rng.normal(size=4)),
+        jacobian=rng.normal(size=(6, 7)) if rng.random() < 0.5 else rng.normal(size=(7, 6)).T,  # C or F order
+        bias_torque=rng.normal(size=7),
+    )
+
+
+def test_law_matches_the_plain_formula_on_random_states():
+    rng = np.random.default_rng(1)
+    for _ in range(500):
+        s = random_state(rng)
+        law_ = CartesianImpedanceLaw(ImpedanceConfig(), nullspace_q=rng.normal(size=7))
+        law_.set_gains(rng.uniform([0.0, 0.0, 0.1, 0.0], [6000.0, 300.0, 3.0, 100.0]))
+        position = s.position + rng.normal(scale=0.05, size=3)
+        orientation = quat_normalize(rng.normal(size=4))
+        tau = law_.torque(s, position, orientation)
+        expected = reference_law(law_, s, position, orientation)
+        np.testing.assert_allclose(tau, expected, rtol=0, atol=1e-12 * max(1.0, np.max(np.abs(expected))))
+
+
+def reference_safety(config: SafetyConfig, out: list, target: list, s: ArmState, dt: float):
+    """The SafetyFilter's per-cycle limits with numpy element-wise calls and the pose helpers."""
+    out_position, out_orientation = out
+    target_position, target_orientation = target
+    step = config.max_target_speed * dt
+    position = np.minimum(np.maximum(target_position, out_position - step), out_position + step)
+    orientation = target_orientation
+    angle = angle_between(out_orientation, orientation)
+    if angle > config.max_target_angular_speed * dt:
+        orientation = slerp(out_orientation, orientation, config.max_target_angular_speed * dt / angle)
+    leash = config.max_target_distance
+    position = np.minimum(np.maximum(position, s.position - leash), s.position + leash)
+    angle = angle_between(orientation, s.orientation)
+    if angle > config.max_target_angle:
+        orientation = slerp(s.orientation, orientation, config.max_target_angle / angle)
+    return position, orientation
+
+
+def test_controller_matches_the_plain_pipeline_on_random_cycles():
+    """Random states and targets (far ones: speed, leash and rate limits bind; non-finite ones: refused; gaps:
+    the watchdog holds) through the controller and through the plain pipeline; the same torques, bit for bit
+    where the operations are the same, and the state reused in place as the simulator does."""
+    rng = np.random.default_rng(2)
+    config, safety_config = ImpedanceConfig(), SafetyConfig()
+    controller = CartesianImpedanceController(config, safety_config)
+    live = random_state(rng)
+    controller.reset(live, torque=np.zeros(7))
+    out = [live.position.copy(), live.orientation.copy()]
+    target = [np.clip(live.position, safety_config.workspace_min, safety_config.workspace_max), live.orientation.copy()]
+    filtered = [out[0].copy(), out[1].copy()]
+    previous, stamp, holding, now = np.zeros(7), -math.inf, True, 0.0
+    alpha = 1.0 - math.exp(-0.001 / config.target_filter_time_constant)
+    for cycle in range(3000):
+        fresh = random_state(rng)
+        for name in ("q", "dq", "position", "orientation", "jacobian", "bias_torque"):  # refilled in place
+            getattr(live, name)[...] = getattr(fresh, name) if cycle % 50 == 0 else getattr(live, name)
+        live.q += 0.001 * live.dq
+        if cycle % 100 == 0 and cycle % 700 != 0:  # every 700 ms a gap the watchdog sees
+            position = live.position + rng.normal(scale=0.2, size=3)
+            orientation = quat_normalize(rng.normal(size=4))
+            if cycle % 300 == 0:
+                position[rng.integers(3)] = rng.choice([np.nan, np.inf])
+            if controller.set_target(position, orientation, now):
+                target = [np.clip(position, safety_config.workspace_min, safety_config.workspace_max), orientation]
+                stamp, holding = now, False
+        dt = 0.0 if cycle == 0 else 0.001
+        if not holding and now - stamp > safety_config.watchdog_timeout:
+            target = [np.clip(live.position, safety_config.workspace_min, safety_config.workspace_max)]
+            target.append(quat_normalize(live.orientation))
+            out, holding = [t.copy() for t in target], True
+        out = list(reference_safety(safety_config, out, target, live, dt))
+        filtered[0] = filtered[0] + alpha * (out[0] - filtered[0])
+        filtered[1] = nlerp(filtered[1], out[1], alpha)
+        raw = reference_law(controller.law, live, *filtered)
+        expected = np.clip(raw, previous - config.max_torque_rate, previous + config.max_torque_rate)
+        tau = controller.torque(live, now)
+        np.testing.assert_allclose(tau, expected, rtol=0, atol=1e-12 * max(1.0, np.max(np.abs(raw))))
+        assert np.all(np.abs(tau - previous) <= config.max_torque_rate + 1e-12)
+        assert controller.safety.holding == holding
+        previous = tau
+        now += 0.001
+    assert controller.safety.rejected > 0
+
+
+def test_a_non_finite_state_gives_a_non_finite_torque_as_numpy_does():
+    """NaN propagates through the float clip as through np.minimum / np.maximum: nothing turns it finite."""
+    controller = CartesianImpedanceController(ImpedanceConfig(), SafetyConfig())
+    s = state(jacobian=np.eye(6, 7))
+    controller.reset(s, torque=np.zeros(7))
+    s.position[0] = np.nan
+    assert np.isnan(controller.torque(s, now=0.001)).any()

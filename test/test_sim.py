@@ -8,7 +8,7 @@ from msdp_franka_driver.control_law import ImpedanceConfig
 from msdp_franka_driver.sim.config import EnvConfig
 from msdp_franka_driver.sim.env import FrankaTaskEnv
 from msdp_franka_driver.sim.scenes import HOLE_CHAMFER
-from msdp_policy.tasks import HOLE_CLEARANCE, HOLE_DEPTH, TaskConfig, hole_inradius
+from msdp_policy.tasks import HOLE_CLEARANCE, HOLE_DEPTH, TaskConfig, hole_inradius, target_after
 
 
 def make_env(**task) -> FrankaTaskEnv:
@@ -220,3 +220,39 @@ def test_sensor_perturbations_change_the_observation():
     assert np.std(b["wrench"]) > 0.5 > np.std(a["wrench"])
     clean.close()
     noisy.close()
+
+
+def test_the_fast_physics_step_equals_the_plain_one_bit_for_bit():
+    """``SimulatedFranka.step`` (live state refilled in place, wrench written out) against the plain loop: a fresh
+    ``arm_state()`` per physics step and the wrench with np.cross; the same trajectory and F/T window exactly."""
+    fast, plain = make_env(), make_env()
+    fast.reset(seed=3)
+    plain.reset(seed=3)
+    sim = plain.sim
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        action = rng.uniform(-1, 1, fast.action_dim)
+        fast.step(action)
+        position, orientation = sim.tcp_pose()
+        sim.set_target(*target_after(position, orientation, action, plain.action_spec))
+        for _ in range(plain.physics_steps_per_action):
+            mujoco.mj_step1(sim.model, sim.data)
+            sim.data.ctrl[:7] = sim.controller.torque(sim.arm_state(), sim.data.time)
+            mujoco.mj_step2(sim.model, sim.data)
+            sim._steps += 1
+            if sim._steps % sim._wrench_every == 0:
+                d = sim.data
+                rot = d.site_xmat[sim._ft_site].reshape(3, 3)
+                weight = rot.T @ (sim.model.body_subtreemass[sim._tool_body] * np.array([0.0, 0.0, -9.81]))
+                com = rot.T @ (d.subtree_com[sim._tool_body] - d.site_xpos[sim._ft_site])
+                force = -d.sensordata[sim._force_adr : sim._force_adr + 3] - weight
+                torque = -d.sensordata[sim._torque_adr : sim._torque_adr + 3] - np.cross(com, weight)
+                sim.wrench_window.append(np.concatenate([force, torque]))
+        np.testing.assert_array_equal(fast.sim.data.qpos, sim.data.qpos)
+        np.testing.assert_array_equal(fast.sim.data.qvel, sim.data.qvel)
+        np.testing.assert_array_equal(np.array(fast.sim.wrench_window), np.array(sim.wrench_window))
+    live = fast.sim._refresh_live_state()
+    for name, value in vars(fast.sim.arm_state()).items():
+        np.testing.assert_array_equal(getattr(live, name), value)
+    fast.close()
+    plain.close()

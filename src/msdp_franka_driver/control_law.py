@@ -5,7 +5,10 @@ raw target -> SafetyFilter (finite, workspace box, leash to the current pose, wa
 -> TargetFilter (first-order reference low-pass) -> CartesianImpedanceLaw -> TorqueRateLimiter.
 The gains may change while the arm runs (``GAIN_NAMES``; a parameter, or hand guiding): a GainRamp moves
 them to the new values over ``gain_ramp_time``, never in a step.
-Everything here is plain numpy so it runs in the libfranka loop process and inside MuJoCo's step.
+Everything here is plain numpy so it runs in the libfranka loop process and inside MuJoCo's step. The per-cycle
+path works on Python floats where an element-wise numpy call on a 3- or 4-vector would cost more than its arithmetic
+(the same IEEE operations in the same order, so the same results), and keeps numpy, BLAS and LAPACK for the dot
+products and the 6 x 7 algebra (their summation order, fused multiply-adds included, is what the results are).
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ from scipy.linalg.lapack import dposv
 
 from msdp.config import ConfigError, param_range
 from msdp_franka_driver.pose import (
-    angle_between,
     nlerp,
     orientation_error,
     quat_multiply,
     quat_normalize,
     quat_to_matrix,
+    rotation_error,
     rotvec_to_quat,
     slerp,
 )
@@ -149,13 +152,27 @@ class CartesianImpedanceLaw:
         return error
 
     def torque(self, state: ArmState, position: np.ndarray, orientation: np.ndarray) -> np.ndarray:
-        jac = state.jacobian
-        wrench = self.stiffness * self.pose_error(state, position, orientation) - self.damping * (jac @ state.dq)
+        """The pose error on floats, then in-place numpy: each line is one call, the fewest the algebra needs."""
+        jac, dq = state.jacobian, state.dq
+        px, py, pz = position.tolist()
+        sx, sy, sz = state.position.tolist()
+        wrench = np.array(
+            (px - sx, py - sy, pz - sz, *rotation_error(orientation.tolist(), state.orientation.tolist()))
+        )
+        wrench *= self.stiffness
+        wrench -= self.damping * (jac @ dq)
         # Null-space projector N = I - J^T (J J^T)^-1 J keeps the posture torque out of the task space.
         # J J^T is symmetric positive definite: a direct LAPACK Cholesky solve is 5x cheaper than np.linalg.solve.
-        posture = self.nullspace_stiffness * (self.nullspace_q - state.q) - self.nullspace_damping * state.dq
-        task_part = dposv(jac @ jac.T + self._regularizer, jac @ posture)[1]
-        return jac.T @ (wrench - task_part) + posture + state.bias_torque
+        posture = self.nullspace_q - state.q
+        posture *= self.nullspace_stiffness
+        posture -= self.nullspace_damping * dq
+        gram = jac @ jac.T
+        gram += self._regularizer
+        wrench -= dposv(gram, jac @ posture, overwrite_b=1)[1]
+        tau = jac.T @ wrench
+        tau += posture
+        tau += state.bias_torque
+        return tau
 
 
 class TorqueRateLimiter:
@@ -169,9 +186,11 @@ class TorqueRateLimiter:
         self.previous = None if torque is None else np.array(torque, dtype=float)
 
     def __call__(self, torque: np.ndarray) -> np.ndarray:
-        if self.previous is None:
-            self.previous = np.zeros_like(torque)
-        limited = np.minimum(np.maximum(torque, self.previous - self.max_delta), self.previous + self.max_delta)
+        previous = self.previous
+        if previous is None:
+            previous = np.zeros_like(torque)
+        limited = np.maximum(torque, previous - self.max_delta)
+        np.minimum(limited, previous + self.max_delta, out=limited)
         self.previous = limited
         return limited
 
@@ -225,8 +244,11 @@ class TargetFilter:
         if self.position is None:
             self.reset(position, orientation)
         else:
-            self.position = self.position + self.alpha * (position - self.position)
-            self.orientation = nlerp(self.orientation, orientation, self.alpha)
+            alpha = self.alpha
+            x, y, z = self.position.tolist()
+            tx, ty, tz = position.tolist()
+            self.position = np.array((x + alpha * (tx - x), y + alpha * (ty - y), z + alpha * (tz - z)))
+            self.orientation = nlerp(self.orientation, orientation, alpha)
         return self.position, self.orientation
 
 
@@ -283,27 +305,49 @@ class SafetyFilter:
         self.holding = True
 
     def __call__(self, state: ArmState, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """The safe target for this cycle; it keeps no reference to ``state``'s arrays (a backend may refill them)."""
         if self.position is None or (not self.holding and now - self.stamp > self.config.watchdog_timeout):
             self.hold(state.position, state.orientation)
         if self.out_position is None:  # a target came before the first cycle: start from the current pose
-            self.out_position, self.out_orientation = state.position, state.orientation
+            self.out_position, self.out_orientation = state.position.copy(), state.orientation.copy()
         dt = 0.0 if self.last_call == -math.inf else min(max(now - self.last_call, 0.0), 0.01)  # a stall moves 10 ms
         self.last_call = now
         config = self.config
         step = config.max_target_speed * dt
-        position = np.minimum(np.maximum(self.position, self.out_position - step), self.out_position + step)
+        leash = config.max_target_distance
+        # Per axis: towards the target at the speed limit, then leashed to the current position.
+        position = np.array(
+            [
+                _clip(_clip(target, out - step, out + step), current - leash, current + leash)
+                for target, out, current in zip(
+                    self.position.tolist(), self.out_position.tolist(), state.position.tolist(), strict=True
+                )
+            ]
+        )
         orientation = self.orientation
         turn = config.max_target_angular_speed * dt
-        angle = angle_between(self.out_orientation, orientation)
+        angle = _angle_between(self.out_orientation, orientation)
         if angle > turn:
             orientation = slerp(self.out_orientation, orientation, turn / angle)
-        leash = config.max_target_distance
-        position = np.minimum(np.maximum(position, state.position - leash), state.position + leash)
-        angle = angle_between(orientation, state.orientation)
+        angle = _angle_between(orientation, state.orientation)
         if angle > config.max_target_angle:
             orientation = slerp(state.orientation, orientation, config.max_target_angle / angle)
         self.out_position, self.out_orientation = position, orientation
         return position, orientation
+
+
+def _clip(value: float, low: float, high: float) -> float:
+    """``np.minimum(np.maximum(value, low), high)`` on floats, NaN propagating as numpy's does."""
+    if not (value >= low or value != value):
+        value = low
+    if not (value <= high or value != value):
+        value = high
+    return value
+
+
+def _angle_between(a: np.ndarray, b: np.ndarray) -> float:
+    """``pose.angle_between`` for two float arrays, without ``np.dot``'s argument conversion."""
+    return 2.0 * math.acos(min(1.0, abs(float(a.dot(b)))))
 
 
 class CartesianImpedanceController:

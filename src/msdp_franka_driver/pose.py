@@ -24,7 +24,8 @@ def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def quat_conjugate(q: np.ndarray) -> np.ndarray:
-    return np.array([-q[0], -q[1], -q[2], q[3]])
+    x, y, z, w = q.tolist()
+    return np.array([-x, -y, -z, w])
 
 
 def quat_normalize(q: np.ndarray) -> np.ndarray:
@@ -51,12 +52,17 @@ def rotvec_to_quat(r: np.ndarray) -> np.ndarray:
 
 
 def orientation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """Rotation vector, in the base frame, that turns ``current`` into ``target``.
+    """Rotation vector, in the base frame, that turns ``current`` into ``target``."""
+    return np.array(rotation_error(target.tolist(), current.tolist()))
 
-    Written out in floats (target * conj(current), then its log) because the law calls it every cycle.
+
+def rotation_error(target: list[float], current: list[float]) -> tuple[float, float, float]:
+    """``orientation_error`` on plain floats (x y z w): written out because the law calls it every cycle.
+
+    target * conj(current), then its log.
     """
-    tx, ty, tz, tw = target.tolist()
-    cx, cy, cz, cw = current.tolist()
+    tx, ty, tz, tw = target
+    cx, cy, cz, cw = current
     x = -tw * cx + tx * cw - ty * cz + tz * cy
     y = -tw * cy + tx * cz + ty * cw - tz * cx
     z = -tw * cz - tx * cy + ty * cx + tz * cw
@@ -65,7 +71,7 @@ def orientation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
         x, y, z, w = -x, -y, -z, -w
     s = math.sqrt(x * x + y * y + z * z)
     scale = 2.0 if s < 1e-12 else 2.0 * math.atan2(s, w) / s
-    return np.array([scale * x, scale * y, scale * z])
+    return scale * x, scale * y, scale * z
 
 
 def angle_between(a: np.ndarray, b: np.ndarray) -> float:
