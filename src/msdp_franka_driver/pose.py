@@ -34,16 +34,18 @@ def quat_normalize(q: np.ndarray) -> np.ndarray:
 
 def quat_to_rotvec(q: np.ndarray) -> np.ndarray:
     """Rotation vector (axis * angle, angle in [0, pi]) of a unit quaternion."""
+    q = np.asarray(q, dtype=float)
     v = q[:3] if q[3] >= 0.0 else -q[:3]
     w = abs(q[3])
-    s = np.linalg.norm(v)
+    s = math.sqrt(float(v.dot(v)))  # np.linalg.norm's own arithmetic, without its argument handling
     if s < 1e-12:
         return 2.0 * v
     return (2.0 * np.arctan2(s, w) / s) * v
 
 
 def rotvec_to_quat(r: np.ndarray) -> np.ndarray:
-    angle = float(np.linalg.norm(r))
+    r = np.asarray(r, dtype=float)
+    angle = math.sqrt(float(r.dot(r)))  # np.linalg.norm's own arithmetic, without its argument handling
     if angle < 1e-12:
         return np.array([0.5 * r[0], 0.5 * r[1], 0.5 * r[2], 1.0])
     axis = r / angle
