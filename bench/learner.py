@@ -10,7 +10,8 @@ raw observations and backpropagates the critic loss into it. Values do not chang
 
 Where the limit is: the bench counts the floating-point work of one update (torch's FlopCounterMode) and times a
 large matmul in the same precision, which bounds the rate from the arithmetic alone; ``--profile`` adds the time
-the update's own matmuls take at this network's shapes, which bounds it with these kernels, and the top operators.
+the update's matmul and fused Adam kernels take at this network's shapes, plus the batch sampling, which bounds it
+with these kernels, and the top operators.
 """
 
 import argparse
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from limits import matmul_gflops, print_kernel_floor
+from limits import kernel_floor_ms, matmul_gflops
 from torch.utils.flop_counter import FlopCounterMode
 
 from msdp.config import from_dict
@@ -90,8 +91,14 @@ def main() -> None:
         elapsed = time.perf_counter() - start
         with FlopCounterMode(display=False) as counter:
             update()
+        start = time.perf_counter()
+        for _ in range(50):
+            replay.sample(args.batch_size, rng)
+        sampling_ms = 1e3 * (time.perf_counter() - start) / 50
         if args.profile:
-            print_kernel_floor(update, 50, device)
+            floor_ms = kernel_floor_ms(update, 50, device) + sampling_ms
+            print(f"those kernels and the batch sampling ({sampling_ms:.1f} ms) alone take {floor_ms:.1f} ms: "
+                  f"at most {1e3 / floor_ms:.0f} updates/s with these kernels")  # fmt: skip
     parameters = sum(p.numel() for p in agent.parameters() if p.requires_grad)
     print(f"variant: {args.variant}  bridge: {args.bridge}  batch: {args.batch_size}  "
           f"trainable parameters: {parameters / 1e6:.2f} M")  # fmt: skip

@@ -2,8 +2,8 @@
 
 Shared by the benches (``python bench/X.py`` puts this folder on the import path). Two floors bound a step's
 rate: its floating-point work over the rate of one large matmul (the arithmetic floor), and the time its own
-matmul and convolution kernels take at the network's shapes (the kernel floor: what the step would take if
-everything else -- element-wise work, the optimiser, Python -- were free).
+matmul, convolution and fused optimiser kernels take at the network's shapes (the kernel floor: what the step
+would take if everything else -- element-wise work, autograd's bookkeeping, Python -- were free).
 """
 
 import time
@@ -12,9 +12,10 @@ from collections.abc import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-DENSE_OPS = (
+FLOOR_OPS = (
     "aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmm", "aten::addbmm",
     "aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution",
+    "aten::_fused_adam_", "aten::_fused_adamw_",
 )  # fmt: skip
 
 
@@ -31,9 +32,9 @@ def matmul_gflops(device: torch.device, precision: str, size: int = 1024, repeat
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def print_kernel_floor(step: Callable[[], object], steps: int, device: torch.device, unit: str = "update") -> None:
-    """Profile ``steps`` calls of ``step``: the time per call in dense kernels, the bound it sets, and the top
-    operators (device time on a GPU, CPU time otherwise)."""
+def kernel_floor_ms(step: Callable[[], object], steps: int, device: torch.device) -> float:
+    """Profile ``steps`` calls of ``step``; print the top operators (device time on a GPU, CPU time otherwise)
+    and return the milliseconds per call spent in the kernels of ``FLOOR_OPS``."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as profiler:
         for _ in range(steps):
@@ -41,9 +42,9 @@ def print_kernel_floor(step: Callable[[], object], steps: int, device: torch.dev
     attribute = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = sorted(profiler.key_averages(), key=lambda e: getattr(e, attribute), reverse=True)
     total_ms = sum(getattr(e, attribute) for e in events) / 1e3 / steps
-    dense_ms = sum(getattr(e, attribute) for e in events if e.key in DENSE_OPS) / 1e3 / steps
-    print(f"profile: {total_ms:.1f} ms of operator time per {unit}, {dense_ms:.1f} ms of it in matmul and "
-          f"convolution kernels: with nothing else, these kernels allow at most "
-          f"{1e3 / dense_ms:.1f} {unit}s/s")  # fmt: skip
+    floor_ms = sum(getattr(e, attribute) for e in events if e.key in FLOOR_OPS) / 1e3 / steps
+    print(f"profile: {total_ms:.1f} ms of operator time per call, {floor_ms:.1f} ms of it in matmul, convolution "
+          f"and fused optimiser kernels; the top operators:")  # fmt: skip
     for event in events[:12]:
         print(f"  {event.key:40s} {getattr(event, attribute) / 1e3 / steps:7.2f} ms  {event.count / steps:6.1f} calls")
+    return floor_ms

@@ -6,8 +6,9 @@ Collects a small random-action recording, then times full updates (batch assembl
 forward, backward, AdamW step: ``pretrain``'s own model, optimiser and update) after a few warm-up updates.
 The figure is per update, so a 30,000-update run takes 30,000 / N seconds. The floating-point operations of
 one update (counted by torch's FlopCounterMode) over its time give the GFLOP/s achieved, to compare with what
-the cores do on a plain matmul (bench/limits.py). ``--profile N`` profiles N more updates: the time in matmul and
-convolution kernels (the bound they set) and the operators taking the most time.
+the cores do on a plain matmul (bench/limits.py). ``--profile N`` profiles N more updates: the time in matmul,
+convolution and AdamW kernels (the bound they set; batch assembly included in the timed updates, not in it) and
+the operators taking the most time.
 """
 
 import argparse
@@ -20,7 +21,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from limits import matmul_gflops, print_kernel_floor  # noqa: E402
+from limits import kernel_floor_ms, matmul_gflops  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from msdp.config import from_dict  # noqa: E402
@@ -70,7 +71,8 @@ def main() -> None:
     float(loss)  # wait for the device
     elapsed = time.perf_counter() - start
     if args.profile:
-        print_kernel_floor(lambda: float(step()), args.profile, device)
+        floor_ms = kernel_floor_ms(lambda: float(step()), args.profile, device)
+        print(f"those kernels alone take {floor_ms:.0f} ms: at most {1e3 / floor_ms:.1f} updates/s with these kernels")
     gflop = update_flops(config.model, source.sample(rng, args.batch_size)) / 1e9
     parameters = sum(p.numel() for p in model.parameters())
     print(f"objective: {args.objective}  batch: {args.batch_size}  parameters: {parameters / 1e6:.2f} M")
