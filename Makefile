@@ -36,3 +36,6 @@ bench: env
 	$(PY) bench/learner.py
 	$(PY) bench/train_loop.py
 	$(PY) bench/transition_log.py
+	$(PY) bench/ft_node.py
+	$(PY) bench/precision.py
+	$(PY) bench/learner_precision.py
