@@ -21,6 +21,7 @@ from scipy.linalg.lapack import dposv
 
 from msdp.config import ConfigError, param_range
 from msdp_franka_driver.pose import (
+    angle_between,
     nlerp,
     orientation_error,
     quat_multiply,
@@ -326,10 +327,10 @@ class SafetyFilter:
         )
         orientation = self.orientation
         turn = config.max_target_angular_speed * dt
-        angle = _angle_between(self.out_orientation, orientation)
+        angle = angle_between(self.out_orientation, orientation)
         if angle > turn:
             orientation = slerp(self.out_orientation, orientation, turn / angle)
-        angle = _angle_between(orientation, state.orientation)
+        angle = angle_between(orientation, state.orientation)
         if angle > config.max_target_angle:
             orientation = slerp(state.orientation, orientation, config.max_target_angle / angle)
         self.out_position, self.out_orientation = position, orientation
@@ -343,11 +344,6 @@ def _clip(value: float, low: float, high: float) -> float:
     if not (value <= high or value != value):
         value = high
     return value
-
-
-def _angle_between(a: np.ndarray, b: np.ndarray) -> float:
-    """``pose.angle_between`` for two float arrays, without ``np.dot``'s argument conversion."""
-    return 2.0 * math.acos(min(1.0, abs(float(a.dot(b)))))
 
 
 class CartesianImpedanceController:

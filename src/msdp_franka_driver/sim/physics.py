@@ -9,6 +9,7 @@ node's ``ArmBackend`` interface. Gravity is not compensated by MuJoCo, so the la
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 
@@ -121,17 +122,9 @@ class SimulatedFranka:
         return self.data.site_xpos[self._tcp].copy(), self._tcp_orientation(self.data)
 
     def arm_state(self) -> ArmState:
-        """The law's inputs; valid after mj_forward or mj_step1 (positions and velocities computed)."""
-        mujoco.mj_jacSite(self.model, self.data, self._jac[:3], self._jac[3:], self._tcp)
-        position, orientation = self.tcp_pose()
-        return ArmState(
-            q=self.data.qpos[:N_JOINTS].copy(),
-            dq=self.data.qvel[:N_JOINTS].copy(),
-            position=position,
-            orientation=orientation,
-            jacobian=self._jac[:, :N_JOINTS].copy(),
-            bias_torque=self.data.qfrc_bias[:N_JOINTS].copy(),
-        )
+        """The law's inputs, as copies; valid after mj_forward or mj_step1 (positions and velocities computed)."""
+        live = self._refresh_live_state()
+        return ArmState(**{f.name: getattr(live, f.name).copy() for f in dataclasses.fields(live)})
 
     def _live_state(self) -> ArmState:
         """One ArmState for the 1 kHz loop: views into ``data`` (MuJoCo never moves its arrays) plus a jacobian
@@ -148,7 +141,7 @@ class SimulatedFranka:
         )
 
     def _refresh_live_state(self) -> ArmState:
-        """``arm_state()``'s values in the live state's arrays, as the same contiguous copies."""
+        """The law's inputs in the live state's arrays (``arm_state`` copies them)."""
         live, jac, quat = self._live, self._jac, self._quat_wxyz
         mujoco.mj_jacSite(self.model, self.data, jac[:3], jac[3:], self._tcp)
         live.jacobian[:] = jac[:, :N_JOINTS]
