@@ -72,7 +72,7 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"choices": DEVICES, "doc": "auto: a CUDA GPU if torch has one"})
     learner_process: bool = field(
         default=False,
-        metadata={"doc": "learn in a second process beside acting; on 2 cores in turn is faster (README, Speed)"},
+        metadata={"doc": "learn in a second process beside acting; on 2 cores faster in bf16 only (README, Speed)"},
     )
     max_learner_lag: int = field(
         default=64, metadata=param_range(0, 10**6, "critic updates the learner process may owe before acting waits")
