@@ -25,7 +25,7 @@ from msdp_perception.model import MSDPConfig
 from msdp_policy.agent import AgentConfig, SACAgent
 from msdp_policy.learner_process import keep_freed_memory
 from msdp_policy.replay import Replay, embedding_record, transition_schema
-from msdp_policy.transition_log import TransitionReader, TransitionWriter
+from msdp_policy.transition_log import TransitionLogError, TransitionReader, TransitionWriter
 
 
 def synthetic_log(folder: Path, model: MSDPConfig, transitions: int) -> None:
@@ -84,7 +84,14 @@ def main() -> None:
         if folder is None:
             folder = Path(tmp)
             synthetic_log(folder, model, 4000)
-        replay = Replay(TransitionReader(folder))
+        try:
+            replay = Replay(TransitionReader(folder))
+        except TransitionLogError as exc:
+            parser.error(f"--log: {exc}")
+        if "tokens" not in replay.reader.schema.fields:
+            parser.error(f"--log: {folder} holds raw observations (scratch); this bench needs a frozen encoder's log")
+        if not len(replay):
+            parser.error(f"--log: {folder} holds no complete transition yet")
         source = args.log or "synthetic (4,000 transitions)"
         print(f"log: {source}; {len(replay)} transitions; {args.updates} updates each")
         held_out_rng = np.random.default_rng(999)
