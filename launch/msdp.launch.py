@@ -174,6 +174,7 @@ def generate_launch_description() -> LaunchDescription:
                         "goal_file": arg("goal_file"),
                         "reset_kind": PythonExpression(["'motion' if '", arg("goal_file"), "' else 'driver'"]),
                         "auto_recover": PythonExpression(["'", arg("goal_file"), "' != ''"]),
+                        "require_operator": PythonExpression(["'", arg("teleop"), "' != ''"]),
                         "use_sim_time": simulated,
                     },
                 ],

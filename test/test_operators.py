@@ -145,3 +145,10 @@ def test_an_intervening_expert_helps_once_per_episode_after_help_after_seconds()
             clock.now = episode_start + k * 0.1
             engaged.append(expert.poll(tip + [0.01 * k, 0, 0], DOWN, GOAL).action is not None)
         assert np.flatnonzero(engaged).tolist() == [10, 11, 12, 13, 14]
+    clock.now = 20.0
+    expert.episode_started(clock.now)
+    late = []  # an operator stalled through the help time helps from its next poll, for the whole takeover
+    for now in (20.5, 21.75, 22.0, 22.2, 22.3, 30.0):
+        clock.now = now
+        late.append(expert.poll(tip, DOWN, GOAL).action is not None)
+    assert late == [False, True, True, True, False, False]

@@ -18,6 +18,7 @@ import pytest
 import torch
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Float32, MultiArrayDimension, String, UInt8MultiArray
 from std_srvs.srv import Trigger
 
@@ -235,9 +236,10 @@ def test_the_policy_node_pauses_on_a_driver_fault_and_refuses_a_foreign_encoder(
 
 
 def test_on_a_real_cells_terms_the_policy_resets_itself_and_logs_the_operators_takeovers(tmp_path):
-    """A fixed fixture, a taught goal file and motion resets (no simulator reset after the first); the scripted
-    operator (teleop node, mode intervene) helps 0.5 s into every episode: its steps act with its actions, are
-    flagged in the log and counted in the episode results on /msdp/episode."""
+    """A fixed fixture, a taught goal file and motion resets (no simulator reset after the first); the policy
+    (require_operator) waits for the operator; the scripted operator (teleop node, mode intervene) helps 0.5 s
+    into every episode: its steps act with its actions, are flagged in the log and counted in the episode
+    results on /msdp/episode."""
     torch.manual_seed(0)
     encoder = save_encoder(tmp_path / "encoder", MSDPModel(MSDPConfig(stem_channels=8, width=WIDTH, decoder_width=32)))
     goal = tmp_path / "goal.yaml"
@@ -248,29 +250,33 @@ def test_on_a_real_cells_terms_the_policy_resets_itself_and_logs_the_operators_t
     driver = {"backend": "mujoco", "marker_rate": 0.0, "real_time_factor": 2.0, **fixed}
     policy = {"transitions": str(log), "encoder_checkpoint": str(encoder), "goal_file": str(goal),
               "reset_kind": "motion", "reset.settle_time": 0.2, "max_episodes": 2, "agent.hidden": 32,
-              "random_steps": 10**6, **fixed, **sim}  # fmt: skip
+              "random_steps": 10**6, "require_operator": True, **fixed, **sim}  # fmt: skip
     operator = {"mode": "intervene", "operator_kind": "scripted", "goal_file": str(goal), "reset_kind": "driver",
                 "operator.help_after": 0.5, "operator.takeover_time": 0.6, **fixed, **sim}  # fmt: skip
     logs = {name: tmp_path / f"{name}.log" for name in ("driver", "encoder", "policy", "operator")}
     probe = Probe()
-    episodes = []
+    episodes, embeddings = [], []
     probe.node.create_subscription(String, "/msdp/episode", lambda m: episodes.append(json.loads(m.data)), 10)
+    probe.node.create_subscription(Image, "/msdp/embedding", embeddings.append, 10)
     try:
         with (
             node_process("msdp_franka_driver.driver_node", driver, logs["driver"]),
             node_process("msdp_perception.encoder_node", {"checkpoint": str(encoder), **sim}, logs["encoder"]),
-            node_process("msdp_policy.teleop_node", operator, logs["operator"]),
             node_process("msdp_policy.policy_node", policy, logs["policy"]) as node,
         ):
-            wait_for(probe, lambda: node.poll() is not None, 120, "two episodes", logs["policy"])
+            waiting = lambda: "waiting for the operator" in logs["policy"].read_text() and len(embeddings) > 5  # noqa: E731
+            wait_for(probe, waiting, 90, "the policy to wait for its operator", logs["policy"])
+            probe.spin_for(2.0)
+            assert not episodes and not log_count(log), "an episode started without the operator"
+            with node_process("msdp_policy.teleop_node", operator, logs["operator"]):
+                wait_for(probe, lambda: node.poll() is not None, 120, "two episodes", logs["policy"])
             assert node.returncode == 0, logs["policy"].read_text()[-3000:]
             probe.spin_for(0.5)
     finally:
         probe.close()
     ends = [e for e in episodes if e["kind"] == "end"]
     starts = [e["episode"] for e in episodes if e["kind"] == "start"]
-    # Under load the probe may match the policy's publisher after the first start; every later one must arrive.
-    assert len(ends) == 2 and ends[-1]["episode"] in starts and set(starts) <= {e["episode"] for e in ends}, episodes
+    assert len(ends) == 2 and starts == [e["episode"] for e in ends], episodes
     assert all(e["interventions"] > 0 for e in ends), ends
     arrays = TransitionReader(log).arrays
     flagged = arrays["intervention"] & ~arrays["final"]

@@ -190,10 +190,10 @@ class ScriptedOperator:
         self.intervening = intervening
         self.history: deque[tuple[float, np.ndarray]] = deque()
         self.engaged_until = -np.inf
-        self.episode_start = np.inf
+        self.episode_start, self.helped = np.inf, False
 
-    def episode_started(self, now: float) -> None:
-        self.episode_start, self.engaged_until = now, -np.inf
+    def episode_started(self, start: float) -> None:
+        self.episode_start, self.engaged_until, self.helped = start, -np.inf, False
 
     def poll(self, tip, orientation, goal_state) -> OperatorCommand:
         if goal_state is None:
@@ -209,9 +209,8 @@ class ScriptedOperator:
     def _engaged(self, now: float, tip: np.ndarray, orientation: np.ndarray, goal_state) -> bool:
         if now < self.engaged_until:
             return True
-        help_at = self.episode_start + self.config.help_after
-        if self.config.help_after > 0 and help_at <= now < help_at + self.config.takeover_time:
-            self.engaged_until = help_at + self.config.takeover_time
+        if self.config.help_after > 0 and not self.helped and now >= self.episode_start + self.config.help_after:
+            self.engaged_until, self.helped = now + self.config.takeover_time, True  # late (a stalled poll) still helps
             return True
         if self.config.stuck_time <= 0 or self.task.score_state(tip, orientation, goal_state).success:
             self.history.clear()

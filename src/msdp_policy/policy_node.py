@@ -20,7 +20,8 @@ running episode is aborted (no action, no logged transition across the fault), a
 after the driver's ``~/recover`` (which the node calls itself when ``auto_recover`` is on). While the operator
 drives (an action on /msdp/operator/action no older than ``operator_timeout``), the node acts with the
 operator's action instead of the actor's and logs the step as an intervention; the operator's success,
-failure and abort events end the episode.
+failure and abort events end the episode. With ``require_operator`` no episode starts until the teleop node
+relays and is matched on /msdp/episode (the launch file sets it whenever it starts one).
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ class PolicyNodeConfig:
     )
     operator_timeout: float = field(
         default=0.15, metadata=param_range(0.05, 5.0, "s (stamp age) an operator action stays the one acted with")
+    )
+    require_operator: bool = field(
+        default=False,
+        metadata={"doc": "start no episode until a teleop node (mode intervene) relays and hears episode starts"},
     )
     driver: str = field(default=f"/{vocab.DRIVER_NODE}", metadata={"doc": "driver node name (its ~/reset service)"})
     durable: bool = field(default=True, metadata={"doc": "fsync every logged transition"})
@@ -316,6 +321,13 @@ class PolicyNode(MsdpNode):
             self.get_logger().info(f"waiting for the learner: {self.learner_behind} updates behind the log",
                                    throttle_duration_sec=10.0)  # fmt: skip
             return
+        if between and self.config.require_operator and not self.operator_connected():
+            self.get_logger().info(
+                f"waiting for the operator: a teleop node (mode intervene) publishing {vocab.OPERATOR_ACTION.name} "
+                f"and subscribed to {vocab.EPISODE.name}",
+                throttle_duration_sec=10.0,
+            )
+            return
         if self.config.reset_kind == "motion":
             self.step_reset_motion()
             return
@@ -346,6 +358,15 @@ class PolicyNode(MsdpNode):
         if self.now() >= self.ready_at and goal_is_new and self.goal_state is not None:
             self.ready_at = None
             self.start_episode()
+
+    def operator_connected(self) -> bool:
+        """A node relays an operator and listens to episode starts, and every listener discovered in the graph
+        is matched to our publisher: its start reaches the operator, who can then take over from the first step."""
+        relaying = {info.node_name for info in self.get_publishers_info_by_topic(vocab.OPERATOR_ACTION.name)}
+        listening = self.get_subscriptions_info_by_topic(vocab.EPISODE.name)
+        return bool(relaying & {info.node_name for info in listening}) and (
+            self.episode_pub.get_subscription_count() >= len(listening)
+        )
 
     def step_reset_motion(self) -> None:
         """A real cell's reset: lift, travel to a random start above the taught goal, settle (every target

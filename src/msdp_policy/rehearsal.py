@@ -384,7 +384,11 @@ class Rehearsal:
                 "policy",
                 NODES["policy"],
                 self.policy_params(
-                    transitions, encoder_checkpoint=str(self.encoder), max_steps=remaining, learner_lag=c.learner_lag
+                    transitions,
+                    encoder_checkpoint=str(self.encoder),
+                    max_steps=remaining,
+                    learner_lag=c.learner_lag,
+                    require_operator=c.interventions > 0,
                 ),
             )
             self.wait(

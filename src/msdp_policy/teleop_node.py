@@ -21,6 +21,8 @@ the first).
 ``mode: intervene`` (next to a learning policy node): the node only relays the operator: while the operator
 drives, /msdp/operator/action carries the displacement, and every key or button event goes on
 /msdp/operator/event; the policy node acts with the operator's action instead of the actor's and flags the step.
+It subscribes to /msdp/episode (a scripted operator times its help from each start) once it has the clock and
+a tool pose: a policy node with ``require_operator`` starts no episode before that.
 
 A failed reset, a silent driver or camera, or an operator device that cannot be opened stops the node
 (exit 1) with the reason; with ``episodes`` > 0 it exits 0 after them.
@@ -134,7 +136,7 @@ class TeleopNode(MsdpNode):
             self.event_pub = self.publisher(vocab.OPERATOR_EVENT)
             if self.taught is None:
                 self.subscription(vocab.TASK_GOAL, self.on_goal)
-            self.subscription(vocab.EPISODE, self.on_episode)
+            self.listening = False  # to episode starts: only once the node can act (see relay)
             self.create_timer(1.0 / c.task.control_rate, self.relay)
             self.get_logger().info(f"relaying operator '{c.operator_kind}' to the policy node")
             return
@@ -211,8 +213,13 @@ class TeleopNode(MsdpNode):
             started(self.now())
 
     def relay(self) -> None:
-        if self.pose is None:
+        if self.pose is None or self.now() <= 0.0:  # no tool pose or (use_sim_time) no clock yet
             return
+        if not self.listening:
+            # Joining /msdp/episode only now tells a policy node with require_operator that an episode it starts
+            # reaches an operator who can act on it (a start heard before the clock came would be timed at 0).
+            self.subscription(vocab.EPISODE, self.on_episode)
+            self.listening = True
         command = self.operator.poll(*self.tool(), self.goal_state)
         for event in command.events:
             self.event_pub.publish(String(data=event))
