@@ -1,9 +1,9 @@
 """Learner speed: critic + actor updates per second at batch 256, batches drawn from a real transition log.
 
 Usage: python bench/learner.py [--bridge cross_attention|pooling|cls|concat] [--variant msdp_frozen|scratch]
-[--updates N] [--threads N] [--device auto|cpu|cuda] [--precision fp32|bf16] [--profile]. A log of 2,000 transitions in
-the schema training uses (66 x 128 bfloat16 tokens, or raw observations for ``scratch``) is written to a
-temporary folder; each update samples a batch from it through ``Replay`` (gathering and widening included),
+[--updates N] [--threads N] [--device auto|cpu|cuda] [--precision fp32|bf16] [--profile] [--compile]. A log of
+2,000 transitions in the schema training uses (66 x 128 bfloat16 tokens, or raw observations for ``scratch``) is
+written to a temporary folder; each update samples a batch from it through ``Replay`` (gathering and widening included),
 copies it to the device and runs one critic update and one actor + temperature
 update (the critic-to-actor ratio 1 case). For ``scratch``, every update also runs the encoder on the 2 x 256
 raw observations and backpropagates the critic loss into it. Values do not change the cost.
@@ -11,7 +11,8 @@ raw observations and backpropagates the critic loss into it. Values do not chang
 Where the limit is: the bench counts the floating-point work of one update (torch's FlopCounterMode) and times a
 large matmul in the same precision, which bounds the rate from the arithmetic alone; ``--profile`` adds the time
 the update's matmul and fused Adam kernels take at this network's shapes, plus the batch sampling, which bounds it
-with these kernels, and the top operators.
+with these kernels, and the top operators; and the update's fixed cost (the same update at batch 8, less its own
+kernels), which added to that bounds it when run eagerly (operator by operator, as PyTorch does without a compiler).
 """
 
 import argparse
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from limits import kernel_floor_ms, matmul_gflops
+from limits import fixed_cost_ms, kernel_floor_ms, matmul_gflops
 from torch.utils.flop_counter import FlopCounterMode
 
 from msdp.config import from_dict
@@ -31,6 +32,8 @@ from msdp_policy.agent import BRIDGES, AgentConfig, SACAgent
 from msdp_policy.learner_process import keep_freed_memory
 from msdp_policy.replay import ENCODER_VARIANTS, Replay, embedding_record, transition_schema
 from msdp_policy.transition_log import TransitionReader, TransitionWriter
+
+TINY_BATCH = 8  # small enough that its kernels cost next to nothing: what is left is the fixed cost
 
 
 def fill_log(folder: Path, variant: str, model: MSDPConfig, transitions: int) -> None:
@@ -65,6 +68,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--profile", action="store_true", help="also profile 50 updates (time per operator)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the critic and actor updates first")
     args = parser.parse_args()
     device = resolve_device(args.device)
     keep_freed_memory()  # as msdp train and its learner process do
@@ -74,6 +78,8 @@ def main() -> None:
     config = from_dict(AgentConfig, {"bridge": args.bridge, "batch_size": args.batch_size, "precision": args.precision})
     encoder = MSDPModel(model) if args.variant == "scratch" else None
     agent = SACAgent(config, model.width, model.n_tokens, model.action_dim, encoder=encoder).to(device)
+    if args.compile:  # fused kernels for the element-wise work; compiled on the warm-up updates
+        agent.update_critic, agent.update_actor = torch.compile(agent.update_critic), torch.compile(agent.update_actor)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="msdp-bench-") as tmp:
         fill_log(Path(tmp), args.variant, model, 2000)
@@ -99,6 +105,10 @@ def main() -> None:
             floor_ms = kernel_floor_ms(update, 50, device) + sampling_ms
             print(f"those kernels and the batch sampling ({sampling_ms:.1f} ms) alone take {floor_ms:.1f} ms: "
                   f"at most {1e3 / floor_ms:.0f} updates/s with these kernels")  # fmt: skip
+            tiny = {k: v.to(device) for k, v in replay.sample(TINY_BATCH, rng).items()}
+            fixed_ms = fixed_cost_ms(lambda: agent.update(tiny), 100, device)
+            print(f"an update at batch {TINY_BATCH} costs {fixed_ms:.1f} ms outside those kernels (its operators, "
+                  f"autograd, Python): run eagerly, at most {1e3 / (floor_ms + fixed_ms):.0f} updates/s")  # fmt: skip
     parameters = sum(p.numel() for p in agent.parameters() if p.requires_grad)
     print(f"variant: {args.variant}  bridge: {args.bridge}  batch: {args.batch_size}  "
           f"trainable parameters: {parameters / 1e6:.2f} M")  # fmt: skip

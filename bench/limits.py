@@ -1,9 +1,11 @@
 """Where a speed limit is: what the cores sustain on a plain matmul, and how much of a step is dense arithmetic.
 
-Shared by the benches (``python bench/X.py`` puts this folder on the import path). Two floors bound a step's
-rate: its floating-point work over the rate of one large matmul (the arithmetic floor), and the time its own
+Shared by the benches (``python bench/X.py`` puts this folder on the import path). Three floors bound a step's
+rate: its floating-point work over the rate of one large matmul (the arithmetic floor); the time its own
 matmul, convolution and fused optimiser kernels take at the network's shapes (the kernel floor: what the step
-would take if everything else -- element-wise work, autograd's bookkeeping, Python -- were free).
+would take if everything else -- element-wise work, autograd's bookkeeping, Python -- were free); and, run
+eagerly, the kernel floor plus the step's fixed cost: what the same step takes on a tiny batch, less that
+batch's own kernels (launching its operators at all, whatever their size: ``fixed_cost_ms``).
 """
 
 import time
@@ -32,9 +34,9 @@ def matmul_gflops(device: torch.device, precision: str, size: int = 1024, repeat
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def kernel_floor_ms(step: Callable[[], object], steps: int, device: torch.device) -> float:
-    """Profile ``steps`` calls of ``step``; print the top operators (device time on a GPU, CPU time otherwise)
-    and return the milliseconds per call spent in the kernels of ``FLOOR_OPS``."""
+def kernel_floor_ms(step: Callable[[], object], steps: int, device: torch.device, top: int = 12) -> float:
+    """Profile ``steps`` calls of ``step``; print the ``top`` operators (device time on a GPU, CPU time
+    otherwise) and return the milliseconds per call spent in the kernels of ``FLOOR_OPS``."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as profiler:
         for _ in range(steps):
@@ -44,7 +46,21 @@ def kernel_floor_ms(step: Callable[[], object], steps: int, device: torch.device
     total_ms = sum(getattr(e, attribute) for e in events) / 1e3 / steps
     floor_ms = sum(getattr(e, attribute) for e in events if e.key in FLOOR_OPS) / 1e3 / steps
     print(f"profile: {total_ms:.1f} ms of operator time per call, {floor_ms:.1f} ms of it in matmul, convolution "
-          f"and fused optimiser kernels; the top operators:")  # fmt: skip
-    for event in events[:12]:
+          f"and fused optimiser kernels{'; the top operators:' if top else ''}")  # fmt: skip
+    for event in events[:top]:
         print(f"  {event.key:40s} {getattr(event, attribute) / 1e3 / steps:7.2f} ms  {event.count / steps:6.1f} calls")
     return floor_ms
+
+
+def fixed_cost_ms(step: Callable[[], object], steps: int, device: torch.device) -> float:
+    """Milliseconds per call of ``step`` (give it a tiny batch) outside the ``FLOOR_OPS`` kernels: the cost of
+    dispatching its operators, autograd and Python, which a larger batch cannot make smaller."""
+    for _ in range(5):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    total_ms = 1e3 * (time.perf_counter() - start) / steps
+    return total_ms - kernel_floor_ms(step, steps, device, top=0)
