@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from limits import fixed_cost_ms, kernel_floor_ms, matmul_gflops
+from limits import OperatorTraffic, fixed_cost_ms, kernel_floor_ms, matmul_gflops, stream_gbytes_per_s
 from torch.utils.flop_counter import FlopCounterMode
 
 from msdp.config import from_dict
@@ -105,6 +105,11 @@ def main() -> None:
             floor_ms = kernel_floor_ms(update, 50, device) + sampling_ms
             print(f"those kernels and the batch sampling ({sampling_ms:.1f} ms) alone take {floor_ms:.1f} ms: "
                   f"at most {1e3 / floor_ms:.0f} updates/s with these kernels")  # fmt: skip
+            with OperatorTraffic() as traffic:
+                update()
+            print(f"{traffic.operators} operators per update; outside those kernels they move "
+                  f"{traffic.bytes / 1e6:.0f} MB, {traffic.bytes / 1e6 / stream_gbytes_per_s():.2f} ms at what an "
+                  f"add streams here")  # fmt: skip
             tiny = {k: v.to(device) for k, v in replay.sample(TINY_BATCH, rng).items()}
             fixed_ms = fixed_cost_ms(lambda: agent.update(tiny), 100, device)
             print(f"an update at batch {TINY_BATCH} costs {fixed_ms:.1f} ms outside those kernels (its operators, "

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 FLOOR_OPS = (
     "aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmm", "aten::addbmm",
@@ -64,3 +66,31 @@ def fixed_cost_ms(step: Callable[[], object], steps: int, device: torch.device) 
         torch.cuda.synchronize(device)
     total_ms = 1e3 * (time.perf_counter() - start) / steps
     return total_ms - kernel_floor_ms(step, steps, device, top=0)
+
+
+class OperatorTraffic(TorchDispatchMode):
+    """Counts the operators a step dispatches, and the bytes the ones outside ``FLOOR_OPS`` read and write (views
+    excluded): whether their time is memory traffic or the cost of running an operator at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.operators, self.bytes = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.operators += 1
+        if f"aten::{func.__name__.split('.')[0]}" not in FLOOR_OPS and not func.is_view:
+            tensors = (t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor))
+            self.bytes += sum(t.numel() * t.element_size() for t in tensors)
+        return out
+
+
+def stream_gbytes_per_s(megabytes: int = 4, repeats: int = 50) -> float:
+    """What an element-wise add streams (two operands read, one written) at ``megabytes`` per operand."""
+    a, b, out = (torch.ones(megabytes * 2**18) for _ in range(3))
+    for _ in range(3):
+        torch.add(a, b, out=out)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.add(a, b, out=out)
+    return 3 * a.numel() * 4 * repeats / (time.perf_counter() - start) / 1e9
