@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from msdp_perception.bags import BagReader
 from msdp_perception.checkpoint import encoder_identity
@@ -31,6 +32,7 @@ def episode_results(bag) -> list[EpisodeResult]:
     return [EpisodeResult.from_json(t) for t in texts if json.loads(t)["kind"] == "end"]
 
 
+@pytest.mark.slow  # make test-slow (75 s): the whole protocol; its nodes and their parts run in make test
 def test_a_short_rehearsal_hands_every_phase_its_artefacts_and_resumes_as_finished(tmp_path):
     out = tmp_path / "rehearsal"
     result = rehearse(out)
