@@ -3,9 +3,9 @@
 Usage: python bench/learner.py [--bridge cross_attention|pooling|cls|concat] [--variant msdp_frozen|scratch]
 [--updates N] [--threads N] [--device auto|cpu|cuda] [--precision fp32|bf16] [--profile] [--compile]. A log of
 2,000 transitions in the schema training uses (66 x 128 bfloat16 tokens, or raw observations for ``scratch``) is
-written to a temporary folder; each update samples a batch from it through ``Replay`` (gathering and widening included),
-copies it to the device and runs one critic update and one actor + temperature
-update (the critic-to-actor ratio 1 case). For ``scratch``, every update also runs the encoder on the 2 x 256
+written to a temporary folder; each update samples a batch from it through ``Replay`` (gathering and widening
+included), copies it to the device and runs one critic update and one actor + temperature update (the
+critic-to-actor ratio 1 case). For ``scratch``, every update also runs the encoder on the 2 x 256
 raw observations and backpropagates the critic loss into it. Values do not change the cost.
 
 Where the limit is: the bench counts the floating-point work of one update (torch's FlopCounterMode) and times a

@@ -38,7 +38,7 @@ def matmul_gflops(device: torch.device, precision: str, size: int = 1024, repeat
 
 def kernel_floor_ms(step: Callable[[], object], steps: int, device: torch.device, top: int = 12) -> float:
     """Profile ``steps`` calls of ``step``; print the ``top`` operators (device time on a GPU, CPU time
-    otherwise) and return the milliseconds per call spent in the kernels of ``FLOOR_OPS``."""
+    otherwise; none when 0) and return the milliseconds per call spent in the kernels of ``FLOOR_OPS``."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as profiler:
         for _ in range(steps):
@@ -47,8 +47,9 @@ def kernel_floor_ms(step: Callable[[], object], steps: int, device: torch.device
     events = sorted(profiler.key_averages(), key=lambda e: getattr(e, attribute), reverse=True)
     total_ms = sum(getattr(e, attribute) for e in events) / 1e3 / steps
     floor_ms = sum(getattr(e, attribute) for e in events if e.key in FLOOR_OPS) / 1e3 / steps
-    print(f"profile: {total_ms:.1f} ms of operator time per call, {floor_ms:.1f} ms of it in matmul, convolution "
-          f"and fused optimiser kernels{'; the top operators:' if top else ''}")  # fmt: skip
+    if top:
+        print(f"profile: {total_ms:.1f} ms of operator time per call, {floor_ms:.1f} ms of it in matmul, "
+              f"convolution and fused optimiser kernels; the top operators:")  # fmt: skip
     for event in events[:top]:
         print(f"  {event.key:40s} {getattr(event, attribute) / 1e3 / steps:7.2f} ms  {event.count / steps:6.1f} calls")
     return floor_ms
