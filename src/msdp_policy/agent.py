@@ -219,6 +219,11 @@ class Actor(nn.Module):
         return mean_action if deterministic else action
 
 
+def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each Q-network's mean squared TD error, summed over the ensemble: q (critics, B), target (B,)."""
+    return F.mse_loss(q, target.expand_as(q), reduction="none").mean(dim=1).sum()
+
+
 def adam(parameters: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
     """Adam as one fused kernel over all parameters (the same update; on a CPU the per-tensor steps of the
     default implementation cost a tenth of a learner update)."""
@@ -303,8 +308,7 @@ class SACAgent(nn.Module):
         with autocast(self.log_temperature.device, self.config.precision):
             observation, next_observation = self.features(batch), self.features(batch, "next_")
             q = self.critic(observation.tokens, observation.token_present, batch["action"])
-            target = self.td_target(batch, next_observation)
-            return F.mse_loss(q, target.expand_as(q), reduction="none").mean(dim=1).sum().float()
+            return critic_loss(q, self.td_target(batch, next_observation)).float()
 
     def update_critic(
         self, batch: dict[str, torch.Tensor], observation: Embedding, next_observation: Embedding
@@ -313,7 +317,7 @@ class SACAgent(nn.Module):
         target = self.td_target(batch, next_observation)
         latent = self.critic.bridge(observation.tokens, observation.token_present)
         q = self.critic.q(torch.cat([latent, batch["action"]], dim=-1))
-        loss = F.mse_loss(q, target.expand_as(q), reduction="none").mean(dim=1).sum()
+        loss = critic_loss(q, target)
         self.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_optimizer.step()
